@@ -1,0 +1,26 @@
+# One command each, from a fresh clone:
+#   make serve   set up .venv, build the annotated site and serve it on http://127.0.0.1:8000
+#   make test    set up .venv and run every test
+#   make site    set up .venv and build the site into site/ (strict: broken links fail)
+#   make quick   set up .venv and train the quick preset of the experiment
+PY := .venv/bin/python
+
+.venv/.installed: pyproject.toml scripts/setup.sh
+	scripts/setup.sh dev
+	touch $@
+
+setup: .venv/.installed
+
+serve: setup
+	$(PY) -m mkdocs serve
+
+site: setup
+	$(PY) -m mkdocs build --strict
+
+test: setup
+	$(PY) -m pytest -q
+
+quick: setup
+	$(PY) -m labml_nn_switch.experiment train preset=quick
+
+.PHONY: setup serve site test quick

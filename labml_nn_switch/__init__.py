@@ -1,0 +1,52 @@
+"""
+---
+title: labml_nn_switch
+summary: >
+  An annotated, literate PyTorch implementation of the Switch Transformer:
+  the library, the site generator that renders it, and a Tiny Shakespeare experiment.
+---
+
+# Switch Transformer, annotated
+
+This package is three things at once: a library you can import or copy, the
+text of this site, and an experiment. Read the modules in this order:
+
+1. [Multi-head attention](mha.py)
+2. [The feed-forward network, the expert](feed_forward.py)
+3. [The Switch layer: routing, capacity, losses, dispatch](switch.py)
+4. [Transformer layers and the dense baseline](transformer.py)
+
+The public API is re-exported here:
+
+```python
+from labml_nn_switch import SwitchFeedForward
+
+ff = SwitchFeedForward(d_model=512, d_ff=2048, n_experts=8)
+y, routing = ff(x)                 # x: [seq_len, batch_size, 512]
+loss = task_loss + 1e-2 * routing.load_balancing_loss
+```
+"""
+
+from .feed_forward import Experts, FeedForward
+from .mha import MultiHeadAttention, subsequent_mask
+from .switch import (DispatchPlan, Router, RoutingResult, SwitchFeedForward, load_balancing_loss, plan_dispatch,
+                     router_z_loss)
+from .transformer import SwitchTransformer, SwitchTransformerLayer, TransformerRouting, build_transformer
+
+__all__ = [
+    "DispatchPlan",
+    "Experts",
+    "FeedForward",
+    "MultiHeadAttention",
+    "Router",
+    "RoutingResult",
+    "SwitchFeedForward",
+    "SwitchTransformer",
+    "SwitchTransformerLayer",
+    "TransformerRouting",
+    "build_transformer",
+    "load_balancing_loss",
+    "plan_dispatch",
+    "router_z_loss",
+    "subsequent_mask",
+]

@@ -1,0 +1,247 @@
+r"""
+---
+title: Position-wise feed-forward network (the expert)
+summary: >
+  The FFN of a transformer layer, and a bank of such FFNs stacked into batched
+  weights: the experts of a Switch layer.
+---
+
+# Position-wise feed-forward network
+
+Every transformer layer ends with a small two-layer network applied to each
+token on its own:
+
+$$\mathrm{FFN}(x) = W_2\, \mathrm{act}(W_1 x + b_1) + b_2$$
+
+with $x \in \mathbb{R}^{d_{model}}$, $W_1 \in \mathbb{R}^{d_{ff} \times d_{model}}$
+and $W_2 \in \mathbb{R}^{d_{model} \times d_{ff}}$; usually $d_{ff} = 4\,d_{model}$.
+It holds two thirds of a transformer's parameters, and it is the part the
+[Switch Transformer](switch.py) multiplies: each *expert* is one such FFN.
+
+The gated variants of
+[Shazeer (2020), "GLU Variants Improve Transformer"](https://arxiv.org/abs/2002.05202)
+replace $\mathrm{act}(W_1 x)$ by $\mathrm{act}(W_1 x) \odot (V x)$: `reglu`,
+`geglu` and `swiglu` below.
+
+This file holds two modules:
+
+* `FeedForward`: one FFN, the dense layer (and the FLOP-matched dense baseline);
+* `Experts`: $N$ FFNs whose weights are stacked into tensors with a leading
+  expert dimension, so that all experts run in one batched (`bmm`) or grouped
+  (`grouped_mm`) matrix multiplication instead of a Python loop.
+
+It imports nothing but torch, so you can copy it into your own project.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The activations we offer, by name. The gated ones (`*glu`) split the hidden
+# layer in two halves $a, b$ and return $\mathrm{act}(a) \odot b$.
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "reglu": F.relu,
+    "geglu": F.gelu,
+    "swiglu": F.silu,
+}
+
+
+def is_gated(activation: str) -> bool:
+    """Whether `activation` is a gated linear unit variant (it doubles $W_1$'s output)."""
+    return activation.endswith("glu")
+
+
+def check_activation(activation: str) -> None:
+    """Raise a `ValueError` naming `activation` if we do not know it."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not one of {sorted(ACTIVATIONS)}")
+
+
+def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
+    """
+    Apply the activation to the hidden layer `h` of shape `[..., d_hidden]`.
+
+    For a gated variant `d_hidden` is $2 d_{ff}$ and the result has $d_{ff}$ features.
+    """
+    # The function for this name
+    act = ACTIVATIONS[activation]
+    # Plain activation: $\mathrm{act}(h)$
+    if not is_gated(activation):
+        return act(h)
+    # Gated: split into the gate $a$ and the value $b$, return $\mathrm{act}(a) \odot b$
+    a, b = h.chunk(2, dim=-1)
+    return act(a) * b
+
+
+def truncated_normal_(weight: torch.Tensor, *, fan_in: int, scale: float) -> torch.Tensor:
+    r"""
+    The Switch Transformer's initialisation (section 2.3 of the paper): draw from a
+    normal distribution with mean $0$ and standard deviation $\sigma = \sqrt{s / n}$,
+    truncated at $\pm 2\sigma$, where $n$ is the number of input units (`fan_in`)
+    and $s$ the `scale`. The paper lowers $s$ from the usual $1.0$ to $0.1$ and
+    finds training much more stable.
+    """
+    # $\sigma = \sqrt{s / n}$
+    std = math.sqrt(scale / fan_in)
+    # In place, so it can be used on parameters
+    with torch.no_grad():
+        return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+
+
+def _check_sizes(*, d_model: int, d_ff: int, dropout: float, activation: str, init_scale: float) -> None:
+    # Each bad value names itself, so a wrong config is found at once.
+    if d_model < 1:
+        raise ValueError(f"d_model must be >= 1, got d_model={d_model}")
+    if d_ff < 1:
+        raise ValueError(f"d_ff must be >= 1, got d_ff={d_ff}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
+    if init_scale <= 0:
+        raise ValueError(f"init_scale must be > 0, got init_scale={init_scale}")
+    check_activation(activation)
+
+
+class FeedForward(nn.Module):
+    r"""
+    ## One FFN
+
+    $$\mathrm{FFN}(x) = W_2\, \mathrm{Dropout}(\mathrm{act}(W_1 x + b_1)) + b_2$$
+    """
+
+    def __init__(self, *, d_model: int, d_ff: int, dropout: float = 0.1, activation: str = "relu",
+                 bias: bool = True, init_scale: float = 0.1):
+        """
+        * `d_model`: the number of features of a token
+        * `d_ff`: the number of features of the hidden layer
+        * `dropout`: dropout probability on the hidden layer
+        * `activation`: `relu`, `gelu`, `silu`, or a gated `reglu`, `geglu`, `swiglu`
+        * `bias`: whether the two linear layers have biases
+          (T5 and the Switch Transformer use none; labml_nn's FFN does)
+        * `init_scale`: $s$ of the truncated normal initialisation (`truncated_normal_`)
+        """
+        super().__init__()
+        _check_sizes(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation, init_scale=init_scale)
+        self.d_model = d_model
+        self.d_ff = d_ff
+        self.activation = activation
+        # A gated unit needs both $W_1 x$ and $V x$: one linear layer of twice the width
+        d_hidden = 2 * d_ff if is_gated(activation) else d_ff
+        # $W_1$ and $b_1$
+        self.layer1 = nn.Linear(d_model, d_hidden, bias=bias)
+        # $W_2$ and $b_2$
+        self.layer2 = nn.Linear(d_ff, d_model, bias=bias)
+        # Dropout on the hidden layer
+        self.dropout = nn.Dropout(dropout)
+        # Initialise the weights as the paper does; biases start at zero
+        truncated_normal_(self.layer1.weight, fan_in=d_model, scale=init_scale)
+        truncated_normal_(self.layer2.weight, fan_in=d_ff, scale=init_scale)
+        for layer in (self.layer1, self.layer2):
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` has shape `[..., d_model]`; so has the result."""
+        # $\mathrm{act}(W_1 x + b_1)$, shape `[..., d_ff]`
+        h = activate(self.layer1(x), self.activation)
+        # Dropout on the hidden layer
+        h = self.dropout(h)
+        # $W_2 h + b_2$, shape `[..., d_model]`
+        return self.layer2(h)
+
+
+class Experts(nn.Module):
+    r"""
+    ## $N$ FFNs with stacked weights
+
+    Expert $e$ computes $W_2^{(e)}\, \mathrm{act}(W_1^{(e)} x + b_1^{(e)}) + b_2^{(e)}$.
+    Rather than $N$ `FeedForward` modules (and a loop over them), we keep one tensor per
+    weight with the expert as the leading dimension:
+
+    * `w1`: `[n_experts, d_model, d_hidden]`, `b1`: `[n_experts, d_hidden]`
+    * `w2`: `[n_experts, d_ff, d_model]`, `b2`: `[n_experts, d_model]`
+
+    (stored as $x W$ rather than $W x$, the layout matrix multiplication wants).
+    Two ways to run them, both one kernel per linear layer for all experts:
+
+    * `forward_grouped`: tokens sorted by expert into one `[n_tokens, d_model]`
+      tensor; `torch.nn.functional.grouped_mm` multiplies each contiguous group
+      of rows by its own expert's weight. No padding is computed.
+    * `forward_padded`: tokens in per-expert buffers `[n_experts, capacity, d_model]`
+      (the layout of Mesh-TensorFlow and GShard); `torch.bmm` multiplies them,
+      empty slots included.
+    """
+
+    def __init__(self, *, n_experts: int, d_model: int, d_ff: int, dropout: float = 0.1,
+                 activation: str = "relu", bias: bool = True, init_scale: float = 0.1):
+        """
+        * `n_experts`: the number of experts $N$
+        * `d_model`, `d_ff`, `activation`, `bias`, `init_scale`: as for `FeedForward`,
+          the same for every expert
+        * `dropout`: the *expert dropout*, on each expert's hidden layer. The paper
+          (section 3, "expert dropout") fine-tunes with 0.4 here and 0.1 elsewhere.
+        """
+        super().__init__()
+        _check_sizes(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation, init_scale=init_scale)
+        if n_experts < 1:
+            raise ValueError(f"n_experts must be >= 1, got n_experts={n_experts}")
+        self.n_experts = n_experts
+        self.activation = activation
+        d_hidden = 2 * d_ff if is_gated(activation) else d_ff
+        # The stacked weights, initialised like `FeedForward`'s
+        self.w1 = nn.Parameter(torch.empty(n_experts, d_model, d_hidden))
+        self.w2 = nn.Parameter(torch.empty(n_experts, d_ff, d_model))
+        truncated_normal_(self.w1, fan_in=d_model, scale=init_scale)
+        truncated_normal_(self.w2, fan_in=d_ff, scale=init_scale)
+        # The biases, zero at first (or none)
+        self.b1 = nn.Parameter(torch.zeros(n_experts, d_hidden)) if bias else None
+        self.b2 = nn.Parameter(torch.zeros(n_experts, d_model)) if bias else None
+        # Expert dropout
+        self.dropout = nn.Dropout(dropout)
+
+    def forward_grouped(self, x: torch.Tensor, *, group_ends: torch.Tensor,
+                        row_expert: torch.Tensor) -> torch.Tensor:
+        """
+        * `x`: `[n_tokens, d_model]`, the rows of expert $e$ contiguous and in expert order
+        * `group_ends`: `[n_experts]` int32, the cumulative row counts: expert $e$ owns
+          rows `group_ends[e-1]` to `group_ends[e]` (an expert may own none)
+        * `row_expert`: `[n_tokens]`, the expert of each row, to pick its biases
+
+        Returns `[n_tokens, d_model]`. Every row must belong to a group
+        (`group_ends[-1] == n_tokens`): rows past the last group are not computed.
+        """
+        # The first linear layer of every expert at once: `[n_tokens, d_hidden]`
+        h = F.grouped_mm(x, self.w1.to(x.dtype), offs=group_ends)
+        # Each row's own bias $b_1^{(e)}$
+        if self.b1 is not None:
+            h = h + self.b1.to(x.dtype)[row_expert]
+        # Activation and expert dropout: `[n_tokens, d_ff]`
+        h = self.dropout(activate(h, self.activation))
+        # The second linear layer: `[n_tokens, d_model]`
+        y = F.grouped_mm(h, self.w2.to(x.dtype), offs=group_ends)
+        if self.b2 is not None:
+            y = y + self.b2.to(x.dtype)[row_expert]
+        return y
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        * `x`: `[n_experts, capacity, d_model]`, the tokens of expert $e$ in `x[e]`
+          (unused slots hold anything; their outputs are to be ignored)
+
+        Returns `[n_experts, capacity, d_model]`.
+        """
+        # `[n_experts, capacity, d_hidden]`: one batched matrix multiplication for all experts
+        h = torch.bmm(x, self.w1.to(x.dtype))
+        if self.b1 is not None:
+            h = h + self.b1.to(x.dtype)[:, None, :]
+        # Activation and expert dropout: `[n_experts, capacity, d_ff]`
+        h = self.dropout(activate(h, self.activation))
+        # `[n_experts, capacity, d_model]`
+        y = torch.bmm(h, self.w2.to(x.dtype))
+        if self.b2 is not None:
+            y = y + self.b2.to(x.dtype)[:, None, :]
+        return y

@@ -1,0 +1,452 @@
+r"""
+---
+title: The Switch layer - top-1 routing to a mixture of experts
+summary: >
+  An annotated PyTorch implementation of the Switch Transformer's feed-forward
+  layer: a float32 top-1 router, expert capacity and token dropping,
+  load-balancing and z-losses, and vectorised dispatch to the experts.
+---
+
+# The Switch layer
+
+[Fedus, Zoph and Shazeer (2021), "Switch Transformers: Scaling to Trillion Parameter
+Models with Simple and Efficient Sparsity"](https://arxiv.org/abs/2101.03961)
+replace the [feed-forward network](feed_forward.py) of a transformer layer by
+$N$ of them, the *experts*, and send each token to **one** expert chosen by a
+small learned *router*. Parameters grow $N$-fold; the computation per token
+stays that of a single FFN. That is the whole trick, and this file is the
+whole layer.
+
+For a token $x$ the layer computes
+
+$$y = p_{i^*}(x)\, E_{i^*}(x), \qquad i^* = \arg\max_i p_i(x), \qquad
+p_i(x) = \frac{e^{h_i(x)}}{\sum_{j=1}^{N} e^{h_j(x)}}, \qquad h(x) = W_r x$$
+
+where $E_i$ is expert $i$ and $W_r$ the router's weight (no bias). Multiplying by
+the gate value $p_{i^*}(x)$ is what lets the router learn: its output reaches
+the loss only through that product.
+
+Four things make it work at scale, and each is a section below:
+
+1. **Selective precision**: the router runs in float32 even when the rest of
+   the model runs in bfloat16; the exponentials of the softmax are not safe in
+   bfloat16.
+2. **Expert capacity**: each expert takes at most
+   $C = \left\lfloor \frac{T}{N} \cdot \text{capacity factor} \right\rfloor$ of the
+   $T$ tokens of a batch, so that every expert's work has a fixed size. Tokens
+   beyond it are *dropped*: the layer outputs zero for them and they continue on
+   the residual connection.
+3. **Load balancing**: an auxiliary loss pushes the router to spread tokens evenly.
+4. **Vectorised dispatch**: tokens are sorted by expert and all experts run in
+   one grouped matrix multiplication, not a Python loop.
+
+The file imports nothing but torch and [`feed_forward.py`](feed_forward.py):
+copy both into your project.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .feed_forward import Experts, truncated_normal_
+
+
+@dataclass
+class RoutingResult:
+    r"""
+    ## What a Switch layer reports besides its output
+
+    The two auxiliary losses are returned *without* their coefficients: the
+    training loop decides how much of each to add (the paper uses
+    $\alpha = 10^{-2}$ for the load-balancing loss; ST-MoE uses $10^{-3}$ for the
+    z-loss). The statistics are detached from the graph.
+    """
+    # $N \sum_i f_i P_i$: $1$ when routing is perfectly balanced, up to $N$ when it is not
+    load_balancing_loss: torch.Tensor
+    # $\frac{1}{T}\sum_x \big(\log \sum_j e^{h_j(x)}\big)^2$
+    z_loss: torch.Tensor
+    # `[n_experts]`: how many tokens the router sent to each expert, before dropping
+    tokens_per_expert: torch.Tensor
+    # `[n_experts]`: $P_i$, the mean router probability of each expert
+    mean_prob_per_expert: torch.Tensor
+    # Scalar: how many tokens were dropped for want of capacity
+    n_dropped: torch.Tensor
+    # `[n_tokens]`: $p_{i^*}(x)$, the router probability of each token's chosen expert
+    max_prob: torch.Tensor
+    # The expert capacity $C$ used in this call
+    capacity: int
+
+    @property
+    def n_tokens(self) -> int:
+        """$T$, the number of tokens routed."""
+        return self.max_prob.shape[0]
+
+    @property
+    def route_fraction(self) -> torch.Tensor:
+        """`[n_experts]`: $f_i$, the fraction of tokens routed to each expert."""
+        return self.tokens_per_expert / max(self.n_tokens, 1)
+
+    @property
+    def dropped_fraction(self) -> torch.Tensor:
+        """The fraction of tokens dropped."""
+        return self.n_dropped.float() / max(self.n_tokens, 1)
+
+
+class Router(nn.Module):
+    """
+    ## The router
+
+    A linear map $h(x) = W_r x$ from a token to one logit per expert, computed in
+    float32 whatever the model's precision (the paper's *selective precision*,
+    section 2.4: casting the router's input to float32 and the result back is
+    cheap, and it is what makes bfloat16 training stable).
+    """
+
+    def __init__(self, *, d_model: int, n_experts: int, jitter_eps: float = 0.0, init_scale: float = 0.1):
+        r"""
+        * `d_model`: the number of features of a token
+        * `n_experts`: the number of experts $N$
+        * `jitter_eps`: $\epsilon$ of the multiplicative jitter noise (0 turns it off)
+        * `init_scale`: $s$ of the truncated normal initialisation
+        """
+        super().__init__()
+        if not 0.0 <= jitter_eps < 1.0:
+            raise ValueError(f"jitter_eps must be in [0, 1), got jitter_eps={jitter_eps}")
+        self.jitter_eps = jitter_eps
+        # $W_r$: `[n_experts, d_model]`, no bias. Kept in float32 (see `forward`).
+        self.weight = nn.Parameter(torch.empty(n_experts, d_model))
+        truncated_normal_(self.weight, fan_in=d_model, scale=init_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x`: `[n_tokens, d_model]`; returns the logits `[n_tokens, n_experts]`, float32 or wider."""
+        # Selective precision: the router's input goes to float32 (float64 stays float64)
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        # Jitter: in training, multiply the router's input by noise drawn from
+        # $U[1-\epsilon, 1+\epsilon]$ (appendix of the paper, "input jitter").
+        # The product is a new tensor: the experts still see the clean $x$ and
+        # the caller's tensor is never changed.
+        if self.training and self.jitter_eps > 0:
+            noise = torch.empty_like(x).uniform_(1.0 - self.jitter_eps, 1.0 + self.jitter_eps)
+            x = x * noise
+        # $h(x) = W_r x$ with autocast turned off, so it stays float32 under bfloat16 autocast
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.linear(x, self.weight.to(x.dtype))
+
+
+@dataclass
+class DispatchPlan:
+    """
+    ## Where each token goes
+
+    The plan is a permutation that sorts the tokens by expert, and, in that
+    sorted order, each token's expert, its place in that expert's queue and
+    whether it fits in the capacity. All tensors are `[n_tokens]`.
+    """
+    # `order[k]` is the token in sorted place $k$: experts in ascending order, and
+    # within an expert its tokens in order of priority
+    order: torch.Tensor
+    # The expert of the token in each sorted place
+    expert: torch.Tensor
+    # Its place in its expert's queue: $0, 1, 2, \dots$
+    position: torch.Tensor
+    # Whether it is kept: `position < capacity`
+    keep: torch.Tensor
+    # `[n_experts]`: tokens per expert before dropping, $T f_i$
+    counts: torch.Tensor
+    # `[n_experts]`: cumulative `counts`; expert $e$ owns sorted places `ends[e-1]` to `ends[e]`
+    ends: torch.Tensor
+
+
+def plan_dispatch(expert: torch.Tensor, gate: torch.Tensor, *, n_experts: int, capacity: int | None,
+                  batch_prioritized: bool = False) -> DispatchPlan:
+    r"""
+    ## Capacity and which tokens are dropped
+
+    * `expert`: `[n_tokens]`, each token's chosen expert $i^*$
+    * `gate`: `[n_tokens]`, its probability $p_{i^*}(x)$
+    * `capacity`: $C$, or `None` for dropless routing (every token is kept)
+    * `batch_prioritized`: serve the most confident tokens first
+
+    An expert that is chosen by more than $C$ tokens keeps $C$ of them. Which ones
+    must not be left to chance (nor to the order of a parallel scatter):
+
+    * by default, **in order of position**, as the released Mesh-TensorFlow code
+      does: tokens are taken in their order in memory, which for our
+      `[seq_len, batch_size, d_model]` inputs is position-major, so an expert
+      keeps the earliest positions of the sequence;
+    * with `batch_prioritized`, by descending gate probability $p_{i^*}(x)$
+      (*Batch Prioritized Routing*, Riquelme et al. 2021, "Scaling Vision with
+      Sparse Mixture of Experts"): the tokens the router is least sure of are
+      the ones dropped. Ties keep position order.
+
+    The queue position of a token is the number of tokens before it in priority
+    order that chose the same expert. One stable sort by expert gives it for all
+    tokens at once: after the sort, the tokens of expert $e$ occupy places
+    $\text{start}_e, \dots, \text{end}_e - 1$ in priority order, so a token's
+    position is its place minus $\text{start}_e$.
+    """
+    n_tokens = expert.shape[0]
+    # The priority order of the tokens: `[n_tokens]`
+    if batch_prioritized:
+        priority = torch.argsort(gate, descending=True, stable=True)
+    else:
+        priority = torch.arange(n_tokens, device=expert.device)
+    # Stable sort by expert: tokens of an expert together, in priority order within it
+    order = priority[torch.argsort(expert[priority], stable=True)]
+    # The expert of each sorted place
+    sorted_expert = expert[order]
+    # $T f_i$: tokens per expert, counted **before** dropping
+    counts = torch.bincount(expert, minlength=n_experts)
+    # Where each expert's run of places ends, and starts
+    ends = torch.cumsum(counts, dim=0)
+    starts = ends - counts
+    # A token's place in its expert's queue
+    position = torch.arange(n_tokens, device=expert.device) - starts[sorted_expert]
+    # Kept if it fits in the capacity
+    if capacity is None:
+        keep = torch.ones_like(position, dtype=torch.bool)
+    else:
+        keep = position < capacity
+    return DispatchPlan(order=order, expert=sorted_expert, position=position, keep=keep, counts=counts, ends=ends)
+
+
+def load_balancing_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    r"""
+    ## The load-balancing loss
+
+    With $f_i$ the fraction of the $T$ tokens dispatched to expert $i$ and $P_i$ the
+    fraction of router probability it receives,
+
+    $$f_i = \frac{1}{T} \sum_{x} \mathbb{1}\{\arg\max_j p_j(x) = i\}, \qquad
+    P_i = \frac{1}{T} \sum_{x} p_i(x),$$
+
+    the loss (equation 4 of the paper, before its coefficient $\alpha$) is
+
+    $$\mathcal{L}_{aux} = N \sum_{i=1}^{N} f_i \cdot P_i .$$
+
+    It is minimal, $1$, under uniform routing. $f_i$ is a count and carries no
+    gradient; $P_i$ does, and the product steers probability away from the
+    overloaded experts. $f_i$ counts every token the router chose, **before**
+    any is dropped: a dropped token still says its expert is wanted too much.
+
+    * `probs`: `[n_tokens, n_experts]`, $p_i(x)$
+    * `counts`: `[n_experts]`, $T f_i$
+    """
+    n_tokens, n_experts = probs.shape
+    # $f_i$
+    f = counts.to(probs.dtype) / n_tokens
+    # $P_i$
+    p = probs.mean(dim=0)
+    # $N \sum_i f_i P_i$
+    return n_experts * torch.sum(f * p)
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    r"""
+    ## The router z-loss
+
+    From [Zoph et al. (2022), "ST-MoE"](https://arxiv.org/abs/2202.08906): penalise
+    large router logits, which make the float32 softmax lose precision and
+    training unstable,
+
+    $$\mathcal{L}_z = \frac{1}{T} \sum_{x} \Big(\log \sum_{j=1}^{N} e^{h_j(x)}\Big)^2 .$$
+
+    * `logits`: `[n_tokens, n_experts]`, $h(x)$
+    """
+    return torch.logsumexp(logits, dim=-1).square().mean()
+
+
+def _grouped_mm_supported(x: torch.Tensor) -> bool:
+    """
+    Whether `torch.nn.functional.grouped_mm` (torch 2.8 and later) can run the
+    experts on `x`: float32, bfloat16 or float16 on the CPU; bfloat16 on a
+    CUDA GPU of compute capability 9.0 or more.
+    """
+    if not hasattr(F, "grouped_mm"):
+        return False
+    if x.device.type == "cpu":
+        return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    if x.device.type == "cuda":
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
+    return False
+
+
+class SwitchFeedForward(nn.Module):
+    """
+    ## The Switch feed-forward layer
+
+    Takes the place of the FFN in a [transformer layer](transformer.py).
+    """
+
+    def __init__(self, *, d_model: int, d_ff: int, n_experts: int,
+                 capacity_factor: float = 1.25, eval_capacity_factor: float = 2.0, min_capacity: int = 0,
+                 drop_tokens: bool = True, batch_prioritized: bool = False, scale_by_gate: bool = True,
+                 jitter_eps: float = 0.0, expert_dropout: float = 0.1, activation: str = "relu",
+                 bias: bool = True, init_scale: float = 0.1):
+        r"""
+        * `d_model`: the number of features of a token
+        * `d_ff`: the hidden size of each expert
+        * `n_experts`: the number of experts $N$
+        * `capacity_factor`: the capacity factor in training (the paper's 1.0 to 1.25)
+        * `eval_capacity_factor`: the capacity factor in evaluation (`model.eval()`);
+          larger, since dropping a token at test time only costs quality
+        * `min_capacity`: a floor under $C$, for batches too small for the formula
+        * `drop_tokens`: `False` for *dropless* routing: no capacity, no token dropped
+        * `batch_prioritized`: drop the least confident tokens first instead of the latest
+        * `scale_by_gate`: multiply each expert's output by its gate $p_{i^*}(x)$, as the
+          paper does. With `False` the output is unscaled but still multiplied by
+          $p_{i^*}(x) / \mathrm{stopgrad}(p_{i^*}(x)) = 1$, which keeps the gradient
+          path to the router (what labml_nn's `is_scale_prob=False` does).
+        * `jitter_eps`: $\epsilon$ of the router's multiplicative input jitter (0 turns it off)
+        * `expert_dropout`: dropout on the experts' hidden layer
+        * `activation`, `bias`: the experts' activation and whether they have biases
+        * `init_scale`: $s$ of the truncated normal initialisation of router and experts
+        """
+        super().__init__()
+        # Bad values are caught here, each named, rather than deep inside a forward pass
+        if n_experts < 1:
+            raise ValueError(f"n_experts must be >= 1, got n_experts={n_experts}")
+        if not capacity_factor > 0:
+            raise ValueError(f"capacity_factor must be > 0, got capacity_factor={capacity_factor}")
+        if not eval_capacity_factor > 0:
+            raise ValueError(f"eval_capacity_factor must be > 0, got eval_capacity_factor={eval_capacity_factor}")
+        if min_capacity < 0:
+            raise ValueError(f"min_capacity must be >= 0, got min_capacity={min_capacity}")
+        self.d_model = d_model
+        self.n_experts = n_experts
+        self.capacity_factor = capacity_factor
+        self.eval_capacity_factor = eval_capacity_factor
+        self.min_capacity = min_capacity
+        self.drop_tokens = drop_tokens
+        self.batch_prioritized = batch_prioritized
+        self.scale_by_gate = scale_by_gate
+        # The router $h(x) = W_r x$
+        self.router = Router(d_model=d_model, n_experts=n_experts, jitter_eps=jitter_eps, init_scale=init_scale)
+        # The $N$ experts, their weights stacked
+        self.experts = Experts(n_experts=n_experts, d_model=d_model, d_ff=d_ff, dropout=expert_dropout,
+                               activation=activation, bias=bias, init_scale=init_scale)
+
+    def capacity(self, n_tokens: int) -> int | None:
+        r"""
+        ### Expert capacity
+
+        $$C = \max\Big(\Big\lfloor \frac{T}{N} \cdot \text{capacity factor} \Big\rfloor,\ C_{min}\Big)$$
+
+        with the training or evaluation factor by the module's mode; `None` when
+        dropless. A factor of $1$ leaves no slack: any imbalance drops tokens.
+        """
+        if not self.drop_tokens:
+            return None
+        factor = self.capacity_factor if self.training else self.eval_capacity_factor
+        return max(math.floor(n_tokens / self.n_experts * factor), self.min_capacity)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RoutingResult]:
+        """
+        * `x`: `[seq_len, batch_size, d_model]` (or `[n_tokens, d_model]`)
+
+        Returns the output, of the shape of `x`, and the `RoutingResult`.
+        """
+        if x.dim() not in (2, 3):
+            raise ValueError(f"x must be [seq_len, batch_size, d_model] or [n_tokens, d_model], "
+                             f"got a tensor of rank {x.dim()} and shape {list(x.shape)}")
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"x has {x.shape[-1]} features in its last dimension but d_model={self.d_model}")
+        shape = x.shape
+        # Routing treats every token alike: flatten to `[n_tokens, d_model]`
+        x = x.reshape(-1, self.d_model)
+        n_tokens = x.shape[0]
+
+        # #### Route
+        #
+        # Router logits $h(x)$ and probabilities $p(x)$, float32: `[n_tokens, n_experts]`
+        logits = self.router(x)
+        probs = torch.softmax(logits, dim=-1)
+        # The top-1 expert $i^*$ and its gate $p_{i^*}(x)$: `[n_tokens]`
+        gate, expert = probs.max(dim=-1)
+
+        # #### Plan the dispatch
+        capacity = self.capacity(n_tokens)
+        plan = plan_dispatch(expert, gate, n_experts=self.n_experts, capacity=capacity,
+                             batch_prioritized=self.batch_prioritized)
+
+        # #### Run the experts
+        #
+        # Under autocast, run the experts in the autocast dtype: `grouped_mm` is
+        # not on autocast's list, so we cast by hand. The router stays float32.
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        # The expert outputs $E_{i^*}(x)$ in sorted order: `[n_tokens, d_model]`
+        if _grouped_mm_supported(x):
+            y = self._run_grouped(x, plan)
+        else:
+            y = self._run_padded(x, plan, capacity)
+
+        # #### Combine
+        #
+        # The gate of each sorted token, $p_{i^*}(x)$, or $p / \mathrm{stopgrad}(p) = 1$
+        sorted_gate = gate[plan.order]
+        if not self.scale_by_gate:
+            sorted_gate = sorted_gate / sorted_gate.detach()
+        # $p_{i^*}(x) E_{i^*}(x)$ for kept tokens and **zero** for dropped ones: a
+        # dropped token leaves the layer through the residual connection alone.
+        # `torch.where` (not a product with the mask) also stops gradients to
+        # the dropped rows, whatever the experts computed for them.
+        y = torch.where(plan.keep[:, None], y * sorted_gate[:, None].to(y.dtype), 0.0)
+        # Undo the sort: the output of sorted place $k$ goes back to token `order[k]`
+        out = torch.empty_like(y).index_copy(0, plan.order, y)
+
+        # #### Losses and statistics
+        result = RoutingResult(
+            load_balancing_loss=load_balancing_loss(probs, plan.counts),
+            z_loss=router_z_loss(logits),
+            tokens_per_expert=plan.counts.detach().float(),
+            mean_prob_per_expert=probs.detach().mean(dim=0),
+            n_dropped=(~plan.keep).sum(),
+            max_prob=gate.detach(),
+            capacity=n_tokens if capacity is None else capacity,
+        )
+        return out.reshape(shape[:-1] + (out.shape[-1],)), result
+
+    def _run_grouped(self, x: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
+        """
+        ### Grouped dispatch (the fast path)
+
+        Gather the tokens in sorted order, `[n_tokens, d_model]`: the tokens of
+        each expert form one contiguous block, and `grouped_mm` multiplies every
+        block by its expert's weights in a single call. Dropped tokens stay in
+        their expert's block and are computed too: that keeps every shape fixed
+        (no host synchronisation to learn how many were kept), and the total
+        work is exactly that of one dense FFN over all $T$ tokens, the layer's
+        physical limit. Their outputs are zeroed in the combine step.
+        """
+        return self.experts.forward_grouped(x[plan.order], group_ends=plan.ends.to(torch.int32),
+                                            row_expert=plan.expert)
+
+    def _run_padded(self, x: torch.Tensor, plan: DispatchPlan, capacity: int | None) -> torch.Tensor:
+        r"""
+        ### Padded dispatch (where `grouped_mm` is missing: float64, older torch, other GPUs)
+
+        Copy each kept token into slot $e \cdot C + \text{position}$ of a buffer
+        `[n_experts * capacity, d_model]`, run all experts with one `bmm` over
+        `[n_experts, capacity, d_model]`, and read each token's slot back. Empty
+        slots are computed too: this costs $N C / T$, the capacity factor,
+        times the work of the grouped path. Dropless routing sizes $C$ by the
+        busiest expert, which the host must read.
+        """
+        n_tokens, d_model = x.shape
+        if capacity is None:
+            capacity = int(plan.counts.max())
+        # At least one slot per expert, so that the buffer is never empty
+        slots = max(capacity, 1)
+        # The slot of each sorted token; dropped ones point at a real slot but add zeros to it
+        slot = (plan.expert * slots + plan.position).clamp(max=self.n_experts * slots - 1)
+        kept_x = torch.where(plan.keep[:, None], x[plan.order], 0.0)
+        # `[n_experts * slots, d_model]`, filled with the kept tokens
+        buffer = x.new_zeros(self.n_experts * slots, d_model).index_add(0, slot, kept_x)
+        # All experts at once: `[n_experts, slots, d_model]`
+        y = self.experts.forward_padded(buffer.view(self.n_experts, slots, d_model))
+        # Each sorted token's output (dropped ones read a slot that the combine step ignores)
+        return y.reshape(self.n_experts * slots, -1)[slot]

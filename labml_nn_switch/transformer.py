@@ -1,0 +1,183 @@
+r"""
+---
+title: Switch Transformer layers and the FLOP-matched dense baseline
+summary: >
+  A pre-norm transformer layer whose feed-forward part is a Switch layer (or a
+  dense FFN of the same FLOPs), a stack of them, and a builder for both.
+---
+
+# The Switch Transformer
+
+A transformer layer with the [Switch layer](switch.py) in place of its
+[FFN](feed_forward.py), stacked. The layer is *pre-norm*: each sub-layer reads a
+normalised copy of the stream and adds its result back,
+
+$$x \leftarrow x + \mathrm{Dropout}\big(\mathrm{Attention}(\mathrm{LN}(x))\big), \qquad
+x \leftarrow x + \mathrm{Dropout}\big(\mathrm{FFN}(\mathrm{LN}(x))\big),$$
+
+so the residual stream itself is never normalised, and a token dropped by a
+Switch layer (whose FFN output is zero) passes on unchanged.
+
+## The FLOP-matched dense baseline
+
+The paper's central claim is about equal computation. A top-1 Switch layer
+runs *one* expert per token, so its cost per token is that of one FFN with the
+same $d_{ff}$, plus the router:
+
+$$\underbrace{2 \cdot 2\, d_{model} d_{ff}}_{\text{FFN, multiply-adds} \times 2}
+\;+\; \underbrace{2\, d_{model} N}_{\text{router}} \quad \text{FLOPs per token,}$$
+
+the router being well under 1% for $N \ll d_{ff}$. The dense baseline is
+therefore the same transformer with a plain [`FeedForward`](feed_forward.py)
+of the same $d_{ff}$: same FLOPs, $N$ times fewer FFN parameters.
+`build_transformer(kind="dense", ...)` builds it from the same arguments.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .feed_forward import FeedForward
+from .mha import MultiHeadAttention
+from .switch import RoutingResult, SwitchFeedForward
+
+
+class SwitchTransformerLayer(nn.Module):
+    """
+    ## A transformer layer
+
+    Attention, then a feed-forward part, each pre-norm with a residual
+    connection. The feed-forward part is a `SwitchFeedForward` or, for the
+    dense baseline, a `FeedForward`.
+    """
+
+    def __init__(self, *, d_model: int, attn: MultiHeadAttention, feed_forward: nn.Module,
+                 dropout: float = 0.1):
+        """
+        * `d_model`: the number of features of a token
+        * `attn`: the self-attention module
+        * `feed_forward`: a `SwitchFeedForward`, or a dense `FeedForward`
+        * `dropout`: dropout probability on each sub-layer's output, before it is added to the stream
+        """
+        super().__init__()
+        self.size = d_model
+        self.attn = attn
+        self.feed_forward = feed_forward
+        self.dropout = nn.Dropout(dropout)
+        # One layer normalisation before each sub-layer
+        self.norm_attn = nn.LayerNorm(d_model)
+        self.norm_ff = nn.LayerNorm(d_model)
+
+    def forward(self, *, x: torch.Tensor, mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> tuple[torch.Tensor, RoutingResult | None]:
+        """
+        * `x`: `[seq_len, batch_size, d_model]`
+        * `mask`, `is_causal`: as for `MultiHeadAttention`
+
+        Returns the new `x` and the `RoutingResult` of the Switch layer (`None` when dense).
+        """
+        # Self-attention on the normalised stream
+        z = self.norm_attn(x)
+        x = x + self.dropout(self.attn(query=z, key=z, value=z, mask=mask, is_causal=is_causal))
+        # The feed-forward part on the normalised stream
+        z = self.norm_ff(x)
+        if isinstance(self.feed_forward, SwitchFeedForward):
+            ff, routing = self.feed_forward(z)
+        else:
+            ff, routing = self.feed_forward(z), None
+        # Add it back
+        x = x + self.dropout(ff)
+        return x, routing
+
+
+@dataclass
+class TransformerRouting:
+    """
+    ## What the whole stack reports
+
+    The per-layer results, and the auxiliary losses summed over layers (the
+    paper adds one load-balancing loss per Switch layer).
+    """
+    # One `RoutingResult` per Switch layer, bottom first; empty for a dense model
+    layers: list[RoutingResult]
+    # $\sum_{\text{layers}} N \sum_i f_i P_i$ (zero for a dense model)
+    load_balancing_loss: torch.Tensor
+    # $\sum_{\text{layers}} \mathcal{L}_z$ (zero for a dense model)
+    z_loss: torch.Tensor
+
+
+class SwitchTransformer(nn.Module):
+    """
+    ## The stack
+
+    The layers, then a final layer normalisation (pre-norm layers leave the
+    stream unnormalised).
+    """
+
+    def __init__(self, layers: list[SwitchTransformerLayer]):
+        """
+        * `layers`: the transformer layers, bottom first; each its own module (with its own weights)
+        """
+        super().__init__()
+        if len(layers) < 1:
+            raise ValueError(f"need at least one layer, got {len(layers)}")
+        self.layers = nn.ModuleList(layers)
+        self.norm = nn.LayerNorm(layers[0].size)
+
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> tuple[torch.Tensor, TransformerRouting]:
+        """
+        * `x`: `[seq_len, batch_size, d_model]`
+        * `mask`, `is_causal`: as for `MultiHeadAttention`
+        """
+        results = []
+        for layer in self.layers:
+            x, routing = layer(x=x, mask=mask, is_causal=is_causal)
+            if routing is not None:
+                results.append(routing)
+        # Sum the auxiliary losses over the Switch layers
+        zero = x.new_zeros((), dtype=torch.float32)
+        routing = TransformerRouting(
+            layers=results,
+            load_balancing_loss=sum((r.load_balancing_loss for r in results), zero),
+            z_loss=sum((r.z_loss for r in results), zero),
+        )
+        return self.norm(x), routing
+
+
+def build_transformer(*, kind: str = "switch", n_layers: int, d_model: int, n_heads: int, d_ff: int,
+                      n_experts: int = 4, dropout: float = 0.1, activation: str = "relu",
+                      **switch_options) -> SwitchTransformer:
+    """
+    ## Build a Switch Transformer or its dense baseline
+
+    * `kind`: `"switch"`, or `"dense"` for the FLOP-matched baseline (one FFN of the same `d_ff`)
+    * `n_layers`, `d_model`, `n_heads`, `d_ff`: the sizes
+    * `n_experts`: $N$ (ignored when dense)
+    * `dropout`: dropout of attention weights and sub-layer outputs; also of a dense FFN's hidden layer
+    * `activation`: the FFN activation
+    * `switch_options`: the other arguments of `SwitchFeedForward` (`capacity_factor`,
+      `drop_tokens`, `expert_dropout`, ...), for `kind="switch"` only
+
+    Every layer is built anew, so each starts from its own random weights (a
+    deep copy of one layer would start them all equal).
+    """
+    if kind not in ("switch", "dense"):
+        raise ValueError(f"kind must be 'switch' or 'dense', got kind={kind!r}")
+    if kind == "dense" and switch_options:
+        raise ValueError(f"options {sorted(switch_options)} apply to kind='switch' only")
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be >= 1, got n_layers={n_layers}")
+
+    def feed_forward() -> nn.Module:
+        if kind == "dense":
+            return FeedForward(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation)
+        return SwitchFeedForward(d_model=d_model, d_ff=d_ff, n_experts=n_experts, activation=activation,
+                                 **switch_options)
+
+    layers = [SwitchTransformerLayer(d_model=d_model,
+                                     attn=MultiHeadAttention(d_model=d_model, n_heads=n_heads, dropout=dropout),
+                                     feed_forward=feed_forward(), dropout=dropout)
+              for _ in range(n_layers)]
+    return SwitchTransformer(layers)

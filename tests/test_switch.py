@@ -1,0 +1,333 @@
+"""The Switch layer against an independent, obvious per-expert loop, and its documented rules."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labml_nn_switch import SwitchFeedForward, load_balancing_loss, plan_dispatch, router_z_loss
+from labml_nn_switch.feed_forward import activate
+
+
+def reference_switch(ff: SwitchFeedForward, x: torch.Tensor) -> torch.Tensor:
+    """
+    The slow reference: route each token, walk the tokens one by one in priority
+    order filling each expert up to its capacity, then run each expert on its
+    tokens in a Python loop. Written from the paper, sharing no code with the layer.
+    """
+    d_model = x.shape[-1]
+    xf = x.reshape(-1, d_model)
+    n_tokens = xf.shape[0]
+    probs = torch.softmax(xf @ ff.router.weight.to(xf.dtype).T, dim=-1)
+    gate, expert = probs.max(dim=-1)
+    capacity = ff.capacity(n_tokens)
+    if ff.batch_prioritized:
+        priority = sorted(range(n_tokens), key=lambda t: -gate[t].item())
+    else:
+        priority = list(range(n_tokens))
+    kept = {e: [] for e in range(ff.n_experts)}
+    for t in priority:
+        e = int(expert[t])
+        if capacity is None or len(kept[e]) < capacity:
+            kept[e].append(t)
+    out = torch.zeros_like(xf)
+    ex = ff.experts
+    for e, tokens in kept.items():
+        if not tokens:
+            continue
+        idx = torch.tensor(tokens)
+        h = xf[idx] @ ex.w1[e]
+        if ex.b1 is not None:
+            h = h + ex.b1[e]
+        y = activate(h, ex.activation) @ ex.w2[e]
+        if ex.b2 is not None:
+            y = y + ex.b2[e]
+        g = gate[idx, None] if ff.scale_by_gate else gate[idx, None] / gate[idx, None].detach()
+        out = out.index_put((idx,), y * g)
+    return out.reshape(x.shape)
+
+
+def make_layer(*, dtype=torch.float64, seed=0, **kwargs) -> SwitchFeedForward:
+    torch.manual_seed(seed)
+    options = dict(d_model=8, d_ff=16, n_experts=4, expert_dropout=0.0)
+    options.update(kwargs)
+    ff = SwitchFeedForward(**options).to(dtype)
+    # Non-zero biases and a sharper router, so that every term is exercised
+    with torch.no_grad():
+        for b in (ff.experts.b1, ff.experts.b2):
+            if b is not None:
+                b.normal_()
+        ff.router.weight.mul_(20)
+    return ff
+
+
+def grads(module: torch.nn.Module, x: torch.Tensor, out: torch.Tensor, g: torch.Tensor) -> dict:
+    """Gradients of `(out * g).sum()` with respect to `x` and every parameter."""
+    names = [n for n, _ in module.named_parameters()]
+    tensors = torch.autograd.grad((out * g).sum(), [x] + [p for _, p in module.named_parameters()],
+                                  allow_unused=True)
+    return dict(zip(["x"] + names, tensors))
+
+
+def assert_matches_reference(ff: SwitchFeedForward, x: torch.Tensor, *, atol: float) -> None:
+    x = x.clone().requires_grad_()
+    out, result = ff(x)
+    expected = reference_switch(ff, x)
+    torch.testing.assert_close(out, expected, atol=atol, rtol=atol)
+    g = torch.randn_like(out)
+    got, want = grads(ff, x, out, g), grads(ff, x, expected, g)
+    for name in want:
+        w = want[name] if want[name] is not None else torch.zeros_like(dict(ff.named_parameters())[name])
+        torch.testing.assert_close(got[name], w, atol=atol, rtol=atol, msg=lambda m: f"gradient of {name}: {m}")
+
+
+CASES = [
+    dict(n_experts=1),
+    dict(n_experts=3),
+    dict(n_experts=4, capacity_factor=1.0),
+    dict(n_experts=4, capacity_factor=0.5),
+    dict(n_experts=4, capacity_factor=0.5, batch_prioritized=True),
+    dict(n_experts=4, drop_tokens=False),
+    dict(n_experts=8, capacity_factor=2.0),
+    dict(n_experts=4, activation="swiglu", bias=False),
+    dict(n_experts=4, activation="gelu", scale_by_gate=False, capacity_factor=0.75),
+]
+
+
+@pytest.mark.parametrize("options", CASES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_matches_loop_reference_float64(options):
+    # float64 takes the padded (bmm) path
+    ff = make_layer(**options)
+    x = torch.randn(12, 3, 8, dtype=torch.float64)
+    assert_matches_reference(ff, x, atol=1e-10)
+
+
+@pytest.mark.parametrize("options", CASES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_matches_loop_reference_float32(options):
+    # float32 on the CPU takes the grouped_mm path where torch has it
+    ff = make_layer(dtype=torch.float32, **options)
+    x = torch.randn(12, 3, 8)
+    assert_matches_reference(ff, x, atol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_experts_without_tokens(dtype):
+    # 16 experts and 6 tokens: most experts receive nothing
+    ff = make_layer(dtype=dtype, n_experts=16, capacity_factor=4.0)
+    x = torch.randn(3, 2, 8, dtype=dtype)
+    _, result = ff(x)
+    assert (result.tokens_per_expert == 0).sum() >= 10
+    assert_matches_reference(ff, x, atol=1e-10 if dtype == torch.float64 else 2e-5)
+    # An expert without tokens gets an exactly zero gradient
+    out, result = ff(x)
+    out.square().sum().backward()
+    empty = result.tokens_per_expert == 0
+    assert torch.all(ff.experts.w1.grad[empty] == 0)
+
+
+def test_grouped_and_padded_paths_agree():
+    ff = make_layer(dtype=torch.float32, n_experts=5, capacity_factor=1.0)
+    x = torch.randn(20, 2, 8)
+    out, result = ff(x)
+    plan_args = dict(n_experts=5, capacity=result.capacity)
+    probs = torch.softmax(ff.router(x.reshape(-1, 8)), -1)
+    gate, expert = probs.max(-1)
+    plan = plan_dispatch(expert, gate, **plan_args)
+    padded = ff._run_padded(x.reshape(-1, 8), plan, result.capacity)
+    grouped = ff._run_grouped(x.reshape(-1, 8), plan)
+    keep = plan.keep[:, None]
+    torch.testing.assert_close(torch.where(keep, padded, 0.0), torch.where(keep, grouped, 0.0), atol=1e-5, rtol=1e-5)
+
+
+def route_all_to_expert_zero(ff: SwitchFeedForward, x: torch.Tensor) -> None:
+    """Set the router so that expert 0 wins for every token of `x` (whose features are positive)."""
+    with torch.no_grad():
+        ff.router.weight.zero_()
+        ff.router.weight[0] = 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dropped_tokens_output_zero_in_position_order(dtype):
+    ff = make_layer(dtype=dtype, n_experts=4, capacity_factor=1.0)
+    # 8 positions x 2 sequences = 16 tokens; capacity 16 / 4 * 1.0 = 4
+    x = torch.rand(8, 2, 8, dtype=dtype) + 0.1
+    route_all_to_expert_zero(ff, x)
+    out, result = ff(x)
+    assert result.capacity == 4
+    assert int(result.n_dropped) == 12
+    assert result.tokens_per_expert.tolist() == [16, 0, 0, 0]
+    # Position-major order: positions 0 and 1 of both sequences are kept, the rest dropped
+    kept = out.abs().sum(-1) > 0
+    assert kept[:2].all()
+    assert not kept[2:].any()
+    # The kept tokens' outputs are the expert's output times the gate
+    torch.testing.assert_close(out, reference_switch(ff, x))
+
+
+def test_batch_prioritized_drops_least_confident():
+    ff = make_layer(n_experts=2, capacity_factor=1.0)
+    n_tokens = 10
+    # Two features: the first votes for expert 0 with a strength that varies by token
+    x = torch.zeros(n_tokens, 8, dtype=torch.float64)
+    strength = torch.tensor([0.3, 2.0, 0.1, 1.5, 0.9, 0.2, 3.0, 0.4, 1.1, 0.05], dtype=torch.float64)
+    x[:, 0] = strength
+    with torch.no_grad():
+        ff.router.weight.zero_()
+        ff.router.weight[0, 0] = 1.0
+    ff.batch_prioritized = True
+    out, result = ff(x)
+    # capacity 10 / 2 = 5; all tokens choose expert 0; the 5 strongest are kept
+    assert result.capacity == 5
+    kept = (out.abs().sum(-1) > 0).nonzero().flatten().tolist()
+    assert kept == sorted(torch.argsort(strength, descending=True)[:5].tolist())
+    # Without prioritisation the first five positions are kept
+    ff.batch_prioritized = False
+    out, _ = ff(x)
+    assert (out.abs().sum(-1) > 0).nonzero().flatten().tolist() == [0, 1, 2, 3, 4]
+
+
+def test_dropless_keeps_every_token():
+    ff = make_layer(n_experts=4, drop_tokens=False)
+    x = torch.rand(8, 2, 8, dtype=torch.float64) + 0.1
+    route_all_to_expert_zero(ff, x)
+    out, result = ff(x)
+    assert int(result.n_dropped) == 0
+    assert (out.abs().sum(-1) > 0).all()
+    assert ff.capacity(16) is None
+
+
+def test_capacity_formula_train_eval_and_minimum():
+    ff = make_layer(n_experts=4, capacity_factor=1.25, eval_capacity_factor=2.0)
+    assert ff.capacity(1000) == math.floor(1000 / 4 * 1.25)
+    ff.eval()
+    assert ff.capacity(1000) == math.floor(1000 / 4 * 2.0)
+    ff = make_layer(n_experts=4, min_capacity=7)
+    assert ff.capacity(8) == 7
+
+
+def test_load_balancing_and_z_loss_by_hand():
+    # Two experts, four tokens, logits chosen by hand
+    logits = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 3.0], [0.5, 0.0]], dtype=torch.float64)
+    probs = torch.softmax(logits, -1)
+    # p_0 of each token: 1 / (1 + e^{-(l0 - l1)})
+    p0 = [1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(-1.0)), 1 / (1 + math.exp(3.0)), 1 / (1 + math.exp(-0.5))]
+    # Tokens 0, 1, 3 choose expert 0; token 2 chooses expert 1: f = (3/4, 1/4)
+    P0 = sum(p0) / 4
+    P1 = 1 - P0
+    expected = 2 * (0.75 * P0 + 0.25 * P1)
+    counts = torch.tensor([3, 1])
+    assert load_balancing_loss(probs, counts).item() == pytest.approx(expected, rel=1e-12)
+    lse = [math.log(math.exp(a) + math.exp(b)) for a, b in logits.tolist()]
+    assert router_z_loss(logits).item() == pytest.approx(sum(v * v for v in lse) / 4, rel=1e-12)
+
+
+def test_load_balancing_counts_before_dropping():
+    # Every token goes to expert 0; capacity keeps only a quarter of them.
+    ff = make_layer(n_experts=4, capacity_factor=1.0)
+    x = torch.rand(8, 2, 8, dtype=torch.float64) + 0.1
+    route_all_to_expert_zero(ff, x)
+    _, result = ff(x)
+    probs = torch.softmax(x.reshape(-1, 8) @ ff.router.weight.T, -1)
+    # f = (1, 0, 0, 0) although only 4 of 16 tokens were kept
+    expected = 4 * probs[:, 0].mean()
+    torch.testing.assert_close(result.load_balancing_loss, expected)
+    assert result.route_fraction.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert result.dropped_fraction.item() == pytest.approx(0.75)
+
+
+def test_uniform_routing_gives_loss_one():
+    probs = torch.full((8, 4), 0.25)
+    assert load_balancing_loss(probs, torch.tensor([2, 2, 2, 2])).item() == pytest.approx(1.0)
+
+
+def test_jitter_only_in_training_and_never_changes_input():
+    ff = make_layer(dtype=torch.float32, jitter_eps=0.1)
+    x = torch.randn(6, 2, 8)
+    x_before = x.clone()
+    clean = x.reshape(-1, 8) @ ff.router.weight.T
+    ff.train()
+    noisy = ff.router(x.reshape(-1, 8))
+    assert not torch.allclose(noisy, clean)
+    ff(x)
+    assert torch.equal(x, x_before)
+    # The noise is multiplicative on the input: logits stay within what U[0.9, 1.1] allows
+    bound = (x.reshape(-1, 8).abs() * 0.1) @ ff.router.weight.abs().T
+    assert torch.all((noisy - clean).abs() <= bound + 1e-5)
+    ff.eval()
+    torch.testing.assert_close(ff.router(x.reshape(-1, 8)), clean)
+    torch.testing.assert_close(ff(x)[0], ff(x)[0])
+
+
+def test_router_float32_under_bf16_autocast():
+    ff = make_layer(dtype=torch.float32)
+    x = torch.randn(6, 2, 8)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        logits = ff.router(x.reshape(-1, 8))
+        out, result = ff(x)
+        # An ordinary linear layer under the same autocast computes in bfloat16
+        assert F.linear(x, ff.router.weight).dtype == torch.bfloat16
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, x.reshape(-1, 8) @ ff.router.weight.T)
+    assert result.max_prob.dtype == torch.float32
+    assert result.load_balancing_loss.dtype == torch.float32
+    # The experts ran in bfloat16 and still agree with float32 to bfloat16 precision
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ff(x)[0], atol=0.1, rtol=0.05)
+
+
+def test_scale_by_gate_false_keeps_router_gradient():
+    ff = make_layer(scale_by_gate=False, drop_tokens=False)
+    x = torch.randn(5, 2, 8, dtype=torch.float64)
+    out, _ = ff(x)
+    out.sum().backward()
+    assert ff.router.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(n_experts=0), "n_experts=0"),
+    (dict(capacity_factor=0.0), "capacity_factor=0.0"),
+    (dict(capacity_factor=-1.0), "capacity_factor=-1.0"),
+    (dict(eval_capacity_factor=0), "eval_capacity_factor=0"),
+    (dict(jitter_eps=1.5), "jitter_eps=1.5"),
+    (dict(expert_dropout=1.0), "dropout=1.0"),
+    (dict(activation="tanh"), "activation='tanh'"),
+    (dict(d_ff=0), "d_ff=0"),
+])
+def test_bad_configuration_names_argument_and_value(kwargs, name):
+    options = dict(d_model=8, d_ff=16, n_experts=4)
+    options.update(kwargs)
+    with pytest.raises(ValueError, match=name.replace("(", r"\(").replace(")", r"\)")):
+        SwitchFeedForward(**options)
+
+
+def test_bad_input_names_what_is_wrong():
+    ff = make_layer()
+    with pytest.raises(ValueError, match="d_model=8"):
+        ff(torch.randn(4, 2, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="rank 4"):
+        ff(torch.randn(4, 2, 1, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="rank 1"):
+        ff(torch.randn(8, dtype=torch.float64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seq_len=st.integers(1, 9), batch_size=st.integers(1, 4), n_experts=st.integers(1, 9),
+       capacity_factor=st.sampled_from([0.25, 0.5, 1.0, 1.25, 2.0]), batch_prioritized=st.booleans(),
+       drop_tokens=st.booleans(), seed=st.integers(0, 10_000))
+def test_property_matches_reference_and_capacity_invariants(seq_len, batch_size, n_experts, capacity_factor,
+                                                            batch_prioritized, drop_tokens, seed):
+    ff = make_layer(n_experts=n_experts, capacity_factor=capacity_factor, batch_prioritized=batch_prioritized,
+                    drop_tokens=drop_tokens, seed=seed)
+    x = torch.randn(seq_len, batch_size, 8, dtype=torch.float64)
+    out, result = ff(x)
+    torch.testing.assert_close(out, reference_switch(ff, x), atol=1e-10, rtol=1e-10)
+    n_tokens = seq_len * batch_size
+    counts = result.tokens_per_expert
+    assert counts.sum().item() == n_tokens
+    # Each expert keeps min(count, C) tokens; the rest are dropped
+    capacity = result.capacity
+    assert int(result.n_dropped) == int((counts - capacity).clamp(min=0).sum())
+    assert int((out.abs().sum(-1) > 0).sum()) <= n_tokens - int(result.n_dropped)
