@@ -263,9 +263,12 @@ def _grouped_mm_supported(x: torch.Tensor) -> bool:
     """
     Whether `torch.nn.functional.grouped_mm` (torch 2.8 and later) can run the
     experts on `x`: float32, bfloat16 or float16 on the CPU; bfloat16 on a
-    CUDA GPU of compute capability 9.0 or more.
+    CUDA GPU of compute capability 9.0 or more. Elsewhere the padded path runs.
     """
     if not hasattr(F, "grouped_mm"):
+        return False
+    # Under `torch.compile` its shape-checking stand-in accepts only bfloat16 (torch 2.13)
+    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
         return False
     if x.device.type == "cpu":
         return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
@@ -285,7 +288,7 @@ class SwitchFeedForward(nn.Module):
                  capacity_factor: float = 1.25, eval_capacity_factor: float = 2.0, min_capacity: int = 0,
                  drop_tokens: bool = True, batch_prioritized: bool = False, scale_by_gate: bool = True,
                  jitter_eps: float = 0.0, expert_dropout: float = 0.1, activation: str = "relu",
-                 bias: bool = True, init_scale: float = 0.1):
+                 bias: bool = False, init_scale: float = 0.1):
         r"""
         * `d_model`: the number of features of a token
         * `d_ff`: the hidden size of each expert
@@ -386,15 +389,18 @@ class SwitchFeedForward(nn.Module):
 
         # #### Combine
         #
-        # The gate of each sorted token, $p_{i^*}(x)$, or $p / \mathrm{stopgrad}(p) = 1$
-        sorted_gate = gate[plan.order]
+        # The gate of each sorted token, $p_{i^*}(x)$, or $p / \mathrm{stopgrad}(p) = 1$: `[n_tokens]`
+        sorted_gate = gate.index_select(0, plan.order)
         if not self.scale_by_gate:
             sorted_gate = sorted_gate / sorted_gate.detach()
-        # $p_{i^*}(x) E_{i^*}(x)$ for kept tokens and **zero** for dropped ones: a
-        # dropped token leaves the layer through the residual connection alone.
-        # `torch.where` (not a product with the mask) also stops gradients to
-        # the dropped rows, whatever the experts computed for them.
-        y = torch.where(plan.keep[:, None], y * sorted_gate[:, None].to(y.dtype), 0.0)
+        # The weight of each expert output: the gate for a kept token and **zero**
+        # for a dropped one, so that a dropped token leaves the layer through the
+        # residual connection alone, and no gradient reaches the expert from it.
+        # (`torch.where` on this vector, not on `y`, also keeps the gradient
+        # of a dropped token's gate at exactly zero.)
+        weight = torch.where(plan.keep, sorted_gate, 0.0).to(y.dtype)
+        # $p_{i^*}(x) E_{i^*}(x)$, in sorted order: `[n_tokens, d_model]`
+        y = y * weight[:, None]
         # Undo the sort: the output of sorted place $k$ goes back to token `order[k]`
         out = torch.empty_like(y).index_copy(0, plan.order, y)
 
@@ -422,7 +428,7 @@ class SwitchFeedForward(nn.Module):
         work is exactly that of one dense FFN over all $T$ tokens, the layer's
         physical limit. Their outputs are zeroed in the combine step.
         """
-        return self.experts.forward_grouped(x[plan.order], group_ends=plan.ends.to(torch.int32),
+        return self.experts.forward_grouped(x.index_select(0, plan.order), group_ends=plan.ends.to(torch.int32),
                                             row_expert=plan.expert)
 
     def _run_padded(self, x: torch.Tensor, plan: DispatchPlan, capacity: int | None) -> torch.Tensor:

@@ -71,7 +71,7 @@ def test_causal_model_ignores_future_tokens(how, kind):
 
 def test_feed_forward_formula_and_gated_variant():
     torch.manual_seed(0)
-    ff = FeedForward(d_model=6, d_ff=10, dropout=0.0).double()
+    ff = FeedForward(d_model=6, d_ff=10, dropout=0.0, bias=True).double()
     x = torch.randn(4, 6, dtype=torch.float64)
     expected = torch.relu(x @ ff.layer1.weight.T + ff.layer1.bias) @ ff.layer2.weight.T + ff.layer2.bias
     torch.testing.assert_close(ff(x), expected)

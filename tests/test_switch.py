@@ -52,7 +52,7 @@ def reference_switch(ff: SwitchFeedForward, x: torch.Tensor) -> torch.Tensor:
 
 def make_layer(*, dtype=torch.float64, seed=0, **kwargs) -> SwitchFeedForward:
     torch.manual_seed(seed)
-    options = dict(d_model=8, d_ff=16, n_experts=4, expert_dropout=0.0)
+    options = dict(d_model=8, d_ff=16, n_experts=4, expert_dropout=0.0, bias=True)
     options.update(kwargs)
     ff = SwitchFeedForward(**options).to(dtype)
     # Non-zero biases and a sharper router, so that every term is exercised
@@ -331,3 +331,20 @@ def test_property_matches_reference_and_capacity_invariants(seq_len, batch_size,
     capacity = result.capacity
     assert int(result.n_dropped) == int((counts - capacity).clamp(min=0).sum())
     assert int((out.abs().sum(-1) > 0).sum()) <= n_tokens - int(result.n_dropped)
+
+
+@pytest.mark.slow
+def test_torch_compile_agrees_with_eager():
+    ff = make_layer(dtype=torch.float32, n_experts=4, capacity_factor=1.0)
+    x = torch.randn(12, 3, 8)
+    compiled = torch.compile(ff)
+    x1 = x.clone().requires_grad_()
+    out, result = compiled(x1)
+    x2 = x.clone().requires_grad_()
+    expected, expected_result = ff(x2)
+    assert int(result.n_dropped) == int(expected_result.n_dropped) > 0
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    (expected * g).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-5)
