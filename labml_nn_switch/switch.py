@@ -198,8 +198,10 @@ def plan_dispatch(expert: torch.Tensor, gate: torch.Tensor, *, n_experts: int, c
     order = priority[torch.argsort(expert[priority], stable=True)]
     # The expert of each sorted place
     sorted_expert = expert[order]
-    # $T f_i$: tokens per expert, counted **before** dropping
-    counts = torch.bincount(expert, minlength=n_experts)
+    # $T f_i$: tokens per expert, counted **before** dropping. (A `scatter_add`
+    # rather than `torch.bincount`, which on a GPU asks the host for the largest value.)
+    counts = torch.zeros(n_experts, dtype=torch.long, device=expert.device).scatter_add_(0, expert,
+                                                                                      torch.ones_like(expert))
     # Where each expert's run of places ends, and starts
     ends = torch.cumsum(counts, dim=0)
     starts = ends - counts

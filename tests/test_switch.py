@@ -334,17 +334,23 @@ def test_property_matches_reference_and_capacity_invariants(seq_len, batch_size,
 
 
 @pytest.mark.slow
-def test_torch_compile_agrees_with_eager():
-    ff = make_layer(dtype=torch.float32, n_experts=4, capacity_factor=1.0)
-    x = torch.randn(12, 3, 8)
-    compiled = torch.compile(ff)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_compile_fullgraph_agrees_with_eager(dtype):
+    # fullgraph=True fails on any graph break, so this also shows that a training
+    # step with dropping has no data-dependent host synchronisation (no .item(),
+    # no nonzero) in either dispatch path (bfloat16 takes grouped_mm, float32 the
+    # padded path under compile).
+    ff = make_layer(dtype=dtype, n_experts=4, capacity_factor=1.0)
+    x = torch.randn(12, 3, 8, dtype=dtype)
+    compiled = torch.compile(ff, fullgraph=True)
     x1 = x.clone().requires_grad_()
     out, result = compiled(x1)
     x2 = x.clone().requires_grad_()
     expected, expected_result = ff(x2)
     assert int(result.n_dropped) == int(expected_result.n_dropped) > 0
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out, expected, atol=tol, rtol=tol)
     g = torch.randn_like(out)
     (out * g).sum().backward()
     (expected * g).sum().backward()
-    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x1.grad, x2.grad, atol=tol, rtol=tol)
