@@ -261,7 +261,7 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1).square().mean()
 
 
-def _grouped_mm_supported(x: torch.Tensor) -> bool:
+def grouped_mm_supported(x: torch.Tensor) -> bool:
     """
     Whether `torch.nn.functional.grouped_mm` (torch 2.8 and later) can run the
     experts on `x`: float32, bfloat16 or float16 on the CPU; bfloat16 on a
@@ -384,10 +384,7 @@ class SwitchFeedForward(nn.Module):
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
         # The expert outputs $E_{i^*}(x)$ in sorted order: `[n_tokens, d_model]`
-        if _grouped_mm_supported(x):
-            y = self._run_grouped(x, plan)
-        else:
-            y = self._run_padded(x, plan, capacity)
+        y = self.run_experts(x, plan, capacity)
 
         # #### Combine
         #
@@ -417,6 +414,21 @@ class SwitchFeedForward(nn.Module):
             capacity=n_tokens if capacity is None else capacity,
         )
         return out.reshape(shape[:-1] + (out.shape[-1],)), result
+
+    def run_experts(self, x: torch.Tensor, plan: DispatchPlan, capacity: int | None) -> torch.Tensor:
+        """
+        ### Run the experts
+
+        * `x`: `[n_tokens, d_model]`, the tokens in their original order
+        * `plan`: the `DispatchPlan`; `capacity`: $C$, or `None` when dropless
+
+        Returns each token's expert output in the plan's sorted order,
+        `[n_tokens, d_model]` (rows of dropped tokens: anything finite). The
+        [expert-parallel layer](distributed.py) overrides this one method.
+        """
+        if grouped_mm_supported(x):
+            return self._run_grouped(x, plan)
+        return self._run_padded(x, plan, capacity)
 
     def _run_grouped(self, x: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
         """

@@ -1,0 +1,102 @@
+"""
+Benchmark one full training step of the experiment's model, Switch vs its FLOP-matched dense twin.
+
+The model and the step are the experiment's own (`AutoregressiveModel`, `train_step`), at the
+sizes of its `labml` preset (d_model 128, 4 heads, d_ff 256, 6 layers, 4 experts, capacity
+factor 1.2, seq_len 64, batch 32). A step is forward, loss, backward, gradient clipping and
+the Adam update. The two models run interleaved in one process; we report the median of
+`--repeats` steps after `--warmup`, tokens/s and the ratio switch / dense.
+
+    python experiments/bench_train.py                  # writes experiments/results/bench_train.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if "--no-thp" not in sys.argv:
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import torch  # noqa: E402
+
+from labml_nn_switch.experiment import PRESETS, AutoregressiveModel, train_step  # noqa: E402
+from labml_nn_switch.transformer import build_transformer  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"
+N_VOCAB = 65  # Tiny Shakespeare's characters
+
+
+def build(kind: str, preset: dict, device: torch.device):
+    """The experiment's model and an Adam optimiser with a constant schedule."""
+    torch.manual_seed(0)
+    switch_options = dict(capacity_factor=preset["capacity_factor"], drop_tokens=preset["drop_tokens"]) \
+        if kind == "switch" else {}
+    transformer = build_transformer(kind=kind, n_layers=preset["n_layers"], d_model=preset["d_model"],
+                                    n_heads=preset["n_heads"], d_ff=preset["d_ff"], n_experts=preset["n_experts"],
+                                    dropout=preset["dropout"], **switch_options)
+    model = AutoregressiveModel(n_vocab=N_VOCAB, d_model=preset["d_model"], max_len=preset["seq_len"],
+                                transformer=transformer).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    return model, optimizer, scheduler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-thp", action="store_true", help="do not set THP_MEM_ALLOC_ENABLE=1")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    autocast = device.type == "cuda"
+    preset = PRESETS["labml"]
+    seq_len, batch_size = preset["seq_len"], preset["batch_size"]
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(N_VOCAB, (seq_len + 1, batch_size), generator=g).to(device)
+    x, y = data[:-1], data[1:]
+    kinds = ["switch", "dense"]
+    runs = {kind: build(kind, preset, device) for kind in kinds}
+    times = {kind: [] for kind in kinds}
+    for i in range(args.warmup + args.repeats):
+        for kind in kinds:
+            model, optimizer, scheduler = runs[kind]
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            train_step(model, optimizer, scheduler, x, y, lb_alpha=0.01, z_loss_coef=0.0, grad_clip=1.0,
+                       autocast=autocast)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= args.warmup:
+                times[kind].append(time.perf_counter() - start)
+    tokens = seq_len * batch_size
+    result = {kind: {"ms": statistics.median(t) * 1e3, "tokens_per_s": tokens / statistics.median(t)}
+              for kind, t in times.items()}
+    ratio = result["switch"]["tokens_per_s"] / result["dense"]["tokens_per_s"]
+    print(f"one training step, labml preset ({tokens} tokens), {device}, median of {args.repeats}")
+    for kind, r in result.items():
+        print(f"  {kind:<7} {r['ms']:8.2f} ms  {r['tokens_per_s']:10.0f} tokens/s")
+    print(f"  switch / dense tokens/s: {ratio:.3f}")
+    meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "device_type": device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1", "autocast_bf16": autocast,
+            "repeats": args.repeats, "warmup": args.warmup,
+            "command": "python experiments/bench_train.py " + " ".join(sys.argv[1:])}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "results": result, "switch_over_dense_tokens_per_s": ratio},
+                                   indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
