@@ -2,7 +2,7 @@
 #   make serve   set up .venv, build the annotated site and serve it on http://127.0.0.1:8000
 #   make test    set up .venv and run every test
 #   make site    set up .venv and build the site into site/ (strict: broken links fail)
-#   make quick   set up .venv and train the quick preset of the experiment
+#   make quick   set up .venv and train the quick preset of the experiment (more settings: ARGS="key=value ...")
 PY := .venv/bin/python
 
 .venv/.installed: pyproject.toml scripts/setup.sh
@@ -21,6 +21,6 @@ test: setup
 	$(PY) -m pytest -q
 
 quick: setup
-	$(PY) -m labml_nn_switch.experiment train preset=quick
+	$(PY) -m labml_nn_switch.experiment train preset=quick $(ARGS)
 
 .PHONY: setup serve site test quick

@@ -179,3 +179,18 @@ def test_documented_arguments_exist():
                 documented.update(re.findall(r"`(\w+)`", m.group(1)))
         params = set(inspect.signature(cls.__init__).parameters) - {"self"}
         assert documented == params, f"{cls.__name__}: documented {sorted(documented)} vs arguments {sorted(params)}"
+
+
+def test_lazy_exports_match_the_eager_imports():
+    # __init__ lists each public name twice: in _EXPORTS (imported on first use) and
+    # under TYPE_CHECKING (for editors and the site's links). They must agree.
+    import labml_nn_switch
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    eager = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for imp in node.body:
+                eager.update({alias.name: imp.module for alias in imp.names})
+    assert eager == labml_nn_switch._EXPORTS
+    for name in labml_nn_switch.__all__:
+        assert getattr(labml_nn_switch, name).__module__ == f"labml_nn_switch.{eager[name]}"

@@ -1,0 +1,302 @@
+"""
+Switch Transformer vs its FLOP-matched dense twin on Tiny Shakespeare, and a sweep over
+the number of experts.
+
+The paper's claim under test (Fedus et al. 2021, section 2 and figure 4): at equal FLOPs
+per token, more experts reach a lower loss at the same step. A top-1 Switch layer runs
+one expert of width `d_ff` per token, so a Switch model with any number of experts
+does the FLOPs of the dense model with one FFN of the same `d_ff` (plus a router of
+`d_model x n_experts`, here under 0.1% of the layer).
+
+Every run is the experiment's `quick` preset (2 layers, d_model 64, 4 heads, d_ff 128,
+seq_len 64, batch 16, Adam 3e-3) for the same number of steps, seeds 0, 1, 2. A seed
+fixes the initial weights and the order of the training windows, so seed k of every
+model sees the same batches in the same order. Validation is on the same fixed 8
+batches (8,192 characters) of the held-out 10% each time, with `model.eval()`.
+
+    python experiments/switch_vs_dense.py                  # train all runs, write results and plots
+    python experiments/switch_vs_dense.py --plot-only      # redraw from the saved results
+    python experiments/switch_vs_dense.py --steps 300 --seeds 0 --experts 1,4 --out /tmp/study
+
+Results: `experiments/results/switch_vs_dense.json`, and the plots
+`valid_loss.png`, `experts_sweep.png` and `utilisation.png` beside it.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'tiny_shakespeare.txt'
+
+
+def run_one(spec: dict) -> dict:
+    """
+    Train one model and return its record. Runs in a worker process (one torch thread).
+    """
+    import torch
+    torch.set_num_threads(spec.pop('threads'))
+    from labml_nn_switch import experiment as ex
+    from labml_nn_switch.checkpoint import load_checkpoint
+
+    start = time.time()
+    result = ex.run_train({'preset': 'quick', **spec['overrides']}, labml_writers={'file'})
+    seconds = time.time() - start
+    state = load_checkpoint(result.checkpoint)
+    n_params = sum(v.numel() for v in state['model'].values())
+    history = [{k: (_round(v) if k != 'route_fraction' else [[round(f, 4) for f in row] for row in v])
+                for k, v in h.items()} for h in result.history]
+    return {**spec['key'], 'params': n_params, 'seconds': round(seconds, 1), 'history': history}
+
+
+def _round(v):
+    return round(v, 5) if isinstance(v, float) else v
+
+
+def specs(args) -> list[dict]:
+    """Every run of the study: switch (each expert count) and dense, for each seed."""
+    out = []
+    common = {'steps': args.steps, 'eval_interval': args.eval_interval, 'data': str(args.data),
+              'checkpoint_interval': 0, 'sample_length': 0}
+    for seed in args.seeds:
+        out.append({'key': {'model': 'dense', 'n_experts': 0, 'seed': seed},
+                    'overrides': {**common, 'model': 'dense', 'seed': seed}})
+        for n in args.experts:
+            out.append({'key': {'model': 'switch', 'n_experts': n, 'seed': seed},
+                        'overrides': {**common, 'model': 'switch', 'n_experts': n, 'seed': seed}})
+    return out
+
+
+def group_name(run: dict) -> str:
+    return 'dense' if run['model'] == 'dense' else f"switch-{run['n_experts']}"
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per model: final validation loss mean, sample std, min and max over seeds, and more."""
+    groups = {}
+    for r in runs:
+        groups.setdefault(group_name(r), []).append(r)
+    summary = {}
+    for name, rs in groups.items():
+        final = [r['history'][-1]['loss.valid'] for r in rs]
+        best = [min(h['loss.valid'] for h in r['history']) for r in rs]
+        summary[name] = {
+            'n_experts': rs[0]['n_experts'], 'params': rs[0]['params'], 'seeds': len(rs),
+            'final_valid_loss_mean': statistics.mean(final),
+            'final_valid_loss_std': statistics.stdev(final) if len(final) > 1 else 0.0,
+            'final_valid_loss_min': min(final), 'final_valid_loss_max': max(final),
+            'best_valid_loss_mean': statistics.mean(best),
+            'final_valid_accuracy_mean': statistics.mean(r['history'][-1]['accuracy.valid'] for r in rs),
+            'final_train_loss_mean': statistics.mean(r['history'][-1]['loss.train'] for r in rs),
+            'seconds_mean': statistics.mean(r['seconds'] for r in rs),
+        }
+        if 'dense' in groups and name != 'dense':
+            # Paired by seed: the same initial data order
+            dense = {r['seed']: r['history'][-1]['loss.valid'] for r in groups['dense']}
+            diffs = [r['history'][-1]['loss.valid'] - dense[r['seed']] for r in rs if r['seed'] in dense]
+            summary[name]['minus_dense_mean'] = statistics.mean(diffs)
+            summary[name]['minus_dense_per_seed'] = diffs
+    return summary
+
+
+def markdown_table(summary: dict) -> str:
+    """The table of the results page."""
+    order = sorted(summary, key=lambda n: (n != 'dense', summary[n]['n_experts']))
+    lines = ['| model | experts | parameters | final valid loss (mean ± std) | min – max | '
+             'vs dense (paired mean) | valid accuracy | seconds/run |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|']
+    for n in order:
+        s = summary[n]
+        vs = f"{s['minus_dense_mean']:+.4f}" if 'minus_dense_mean' in s else '—'
+        lines.append(f"| {n} | {s['n_experts'] or '—'} | {s['params']:,} | "
+                     f"{s['final_valid_loss_mean']:.4f} ± {s['final_valid_loss_std']:.4f} | "
+                     f"{s['final_valid_loss_min']:.4f} – {s['final_valid_loss_max']:.4f} | {vs} | "
+                     f"{s['final_valid_accuracy_mean']:.3f} | {s['seconds_mean']:.0f} |")
+    return '\n'.join(lines)
+
+
+def plot(results: dict, out: Path, *, prefix: str = '', which: tuple = ('valid_loss', 'experts_sweep', 'utilisation')):
+    """Up to three small plots for the results page, `{prefix}{name}.png`."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    runs = results['runs']
+    groups = {}
+    for r in runs:
+        groups.setdefault(group_name(r), []).append(r)
+
+    def curves(rs, key='loss.valid'):
+        steps = [h['step'] for h in rs[0]['history']]
+        values = [[h[key] for h in r['history']] for r in rs]
+        mean = [statistics.mean(v) for v in zip(*values)]
+        return steps, mean, [min(v) for v in zip(*values)], [max(v) for v in zip(*values)]
+
+    # 1. Validation loss vs step: switch (4 experts) vs dense, mean and min-max over seeds
+    if 'valid_loss' in which:
+        _plot_valid_loss(plt, groups, curves, out / f'{prefix}valid_loss.png')
+    switch = sorted((g for g in groups if g != 'dense'), key=lambda g: groups[g][0]['n_experts'])
+    cmap = plt.get_cmap('viridis')
+    if 'experts_sweep' in which:
+        _plot_sweep(plt, results, groups, switch, cmap, curves, out / f'{prefix}experts_sweep.png')
+    if 'utilisation' in which:
+        _plot_utilisation(plt, groups, switch, cmap, out / f'{prefix}utilisation.png')
+
+
+def _plot_valid_loss(plt, groups, curves, path):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    # Dense, 4 experts (the labml preset's count) and the most experts run
+    most = max((g for g in groups if g != 'dense'), key=lambda g: groups[g][0]['n_experts'], default=None)
+    main = [n for n in dict.fromkeys(('dense', 'switch-4', most)) if n in groups]
+    for ax, zoom in zip(axes, (False, True)):
+        for name, color in zip(main, ('tab:gray', 'tab:blue', 'tab:orange')):
+            steps, mean, lo, hi = curves(groups[name])
+            if zoom:
+                keep = [i for i, s in enumerate(steps) if s >= steps[-1] / 2]
+                steps, mean, lo, hi = ([xs[i] for i in keep] for xs in (steps, mean, lo, hi))
+            ax.plot(steps, mean, color=color, label=f'{name} (mean of {len(groups[name])} seeds)')
+            ax.fill_between(steps, lo, hi, color=color, alpha=0.25, linewidth=0)
+        ax.set_xlabel('step')
+        ax.set_ylabel('validation loss (nats/char)')
+        ax.grid(alpha=0.3)
+        ax.set_title('second half, zoomed' if zoom else 'validation loss, band = min–max over seeds')
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_sweep(plt, results, groups, switch, cmap, curves, path):
+    # 2. The experts sweep: curves, and the final loss against the number of experts
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    for i, name in enumerate(switch):
+        steps, mean, lo, hi = curves(groups[name])
+        keep = [j for j, s in enumerate(steps) if s >= steps[-1] / 3]
+        axes[0].plot([steps[j] for j in keep], [mean[j] for j in keep], color=cmap(i / max(1, len(switch) - 1)),
+                     label=name)
+    if 'dense' in groups:
+        steps, mean, lo, hi = curves(groups['dense'])
+        keep = [j for j, s in enumerate(steps) if s >= steps[-1] / 3]
+        axes[0].plot([steps[j] for j in keep], [mean[j] for j in keep], color='black', linestyle='--',
+                     label='dense')
+    axes[0].set_xlabel('step')
+    axes[0].set_ylabel('validation loss (mean over seeds)')
+    axes[0].set_title('last two thirds of training')
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    s = results['summary']
+    xs = [s[n]['n_experts'] for n in switch]
+    axes[1].errorbar(xs, [s[n]['final_valid_loss_mean'] for n in switch],
+                     yerr=[s[n]['final_valid_loss_std'] for n in switch], marker='o', capsize=4, label='switch')
+    for n in switch:
+        seeds = [r['history'][-1]['loss.valid'] for r in groups[n]]
+        axes[1].scatter([s[n]['n_experts']] * len(seeds), seeds, color='tab:blue', alpha=0.35, s=12)
+    if 'dense' in s:
+        d = s['dense']
+        axes[1].axhline(d['final_valid_loss_mean'], color='black', linestyle='--', label='dense (same FLOPs)')
+        axes[1].axhspan(d['final_valid_loss_min'], d['final_valid_loss_max'], color='gray', alpha=0.2)
+    axes[1].set_xscale('log', base=2)
+    axes[1].set_xticks(xs, [str(x) for x in xs])
+    axes[1].set_xlabel('experts per Switch layer')
+    axes[1].set_ylabel(f"validation loss at step {results['config']['steps']}")
+    axes[1].set_title('mean ± std, dots = seeds')
+    axes[1].grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_utilisation(plt, groups, switch, cmap, path):
+    # 3. Utilisation per layer over training: the fraction of validation tokens each expert
+    #    receives (4 experts, seed 0), and the imbalance for every expert count
+    if 'switch-4' in groups:
+        r = next(r for r in groups['switch-4'] if r['seed'] == min(x['seed'] for x in groups['switch-4']))
+        steps = [h['step'] for h in r['history']]
+        n_layers = len(r['history'][0]['route_fraction'])
+        fig, axes = plt.subplots(2, n_layers, figsize=(5 * n_layers, 6.4), dpi=100, squeeze=False)
+        for layer in range(n_layers):
+            ax = axes[0][layer]
+            fractions = list(zip(*[h['route_fraction'][layer] for h in r['history']]))
+            ax.stackplot(steps, fractions, labels=[f'expert {i}' for i in range(len(fractions))], alpha=0.85)
+            ax.axhline(0.25, color='white', linewidth=0.5)
+            ax.axhline(0.5, color='white', linewidth=0.5)
+            ax.axhline(0.75, color='white', linewidth=0.5)
+            ax.set_ylim(0, 1)
+            ax.set_title(f'layer {layer}: share of tokens per expert (4 experts, seed {r["seed"]})')
+            ax.set_xlabel('step')
+            if layer == 0:
+                ax.legend(fontsize=7, loc='lower left')
+            ax = axes[1][layer]
+            for i, name in enumerate(switch):
+                if groups[name][0]['n_experts'] < 2:
+                    continue
+                n = groups[name][0]['n_experts']
+                # max share / (1/N): 1 is perfect balance, N means one expert takes everything
+                values = [[max(h['route_fraction'][layer]) * n for h in rr['history']] for rr in groups[name]]
+                ax.plot(steps, [statistics.mean(v) for v in zip(*values)],
+                        color=cmap(i / max(1, len(switch) - 1)), label=name)
+            ax.set_ylim(bottom=1)
+            ax.set_title(f'layer {layer}: busiest expert\'s share × N (1 = balanced)')
+            ax.set_xlabel('step')
+            ax.grid(alpha=0.3)
+            if layer == 0:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--steps', type=int, default=1500)
+    parser.add_argument('--eval-interval', type=int, default=100)
+    parser.add_argument('--seeds', type=lambda s: [int(x) for x in s.split(',')], default=[0, 1, 2])
+    parser.add_argument('--experts', type=lambda s: [int(x) for x in s.split(',')], default=[1, 2, 4, 8, 16])
+    parser.add_argument('--data', type=Path, default=DEFAULT_DATA)
+    parser.add_argument('--out', type=Path, default=REPO / 'experiments' / 'results')
+    parser.add_argument('--jobs', type=int, default=1, help='runs at a time (each on one thread)')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads per run')
+    parser.add_argument('--plot-only', action='store_true', help='redraw the plots from the saved JSON')
+    parser.add_argument('--name', default='switch_vs_dense', help='results go to NAME.json (and NAME_*.png unless '
+                        'it is the default name)')
+    parser.add_argument('--plots', type=lambda s: tuple(s.split(',')),
+                        default=('valid_loss', 'experts_sweep', 'utilisation'))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f'{args.name}.json'
+    prefix = '' if args.name == 'switch_vs_dense' else f'{args.name}_'
+
+    if not args.plot_only:
+        todo = specs(args)
+        for spec in todo:
+            spec['threads'] = args.threads
+        start = time.time()
+        runs = []
+        # Runs are independent; a pool of `--jobs` processes runs them (labml is one per process)
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for run in pool.map(run_one, todo):
+                runs.append(run)
+                print(f"{group_name(run)} seed {run['seed']}: valid loss {run['history'][-1]['loss.valid']:.4f} "
+                      f"({run['seconds']:.0f}s)", file=sys.stderr)
+        results = {
+            'config': {'preset': 'quick', 'steps': args.steps, 'eval_interval': args.eval_interval,
+                       'seeds': args.seeds, 'experts': args.experts, 'jobs': args.jobs, 'threads': args.threads,
+                       'total_seconds': round(time.time() - start), 'torch_threads_per_run': args.threads},
+            'runs': runs,
+        }
+        results['summary'] = summarise(runs)
+        path.write_text(json.dumps(results, indent=1) + '\n')
+    results = json.loads(path.read_text())
+    plot(results, args.out, prefix=prefix, which=args.plots)
+    print(markdown_table(results['summary']))
+
+
+if __name__ == '__main__':
+    main()

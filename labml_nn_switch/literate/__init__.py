@@ -1,0 +1,40 @@
+"""
+---
+title: "The literate site generator"
+summary: >
+  An mkdocs plugin that turns commented Python modules into side-by-side
+  annotated pages: notes on the left, code on the right.
+---
+
+# The literate site generator
+
+The pages of this site are not written by hand: they are derived from the
+source files, whose comments and docstrings are the notes. This package is the
+generator, an [mkdocs](https://www.mkdocs.org) plugin of three small parts:
+
+* [sections.py](sections.py) splits a Python file into sections of notes
+  and code, and documents the rules a source file follows;
+* [render.py](render.py) turns sections into a page: notes as Markdown,
+  code highlighted with line numbers, names linked to their definitions;
+* [plugin.py](plugin.py) wires it into mkdocs: pages, navigation, assets,
+  MathJax and `mkdocs serve`; its options are in [config.py](config.py).
+
+To use it on your own code, install this package and add to `mkdocs.yml`:
+
+```yaml
+markdown_extensions:
+  - pymdownx.arithmatex:
+      generic: true
+plugins:
+  - search
+  - literate:
+      sources:
+        - path: your_package
+```
+
+It never imports the code it renders; it reads it as text.
+"""
+
+from .sections import CodeLine, Module, ParseError, Section, parse
+
+__all__ = ["CodeLine", "Module", "ParseError", "Section", "parse"]

@@ -1,0 +1,381 @@
+"""
+---
+title: "Plugin: the mkdocs wiring"
+summary: >
+  The literate mkdocs plugin: which files become pages, how they enter the
+  site and its navigation, where the code goes into the rendered page, and the
+  assets and MathJax it serves.
+---
+
+# The mkdocs plugin
+
+mkdocs builds a site in a fixed order of
+[events](https://www.mkdocs.org/dev-guide/plugins/#events); the plugin does
+one small job in each.
+
+| event | job |
+|---|---|
+| `on_config` | find the source files, add our Markdown needs, CSS and JavaScript |
+| `on_files` | parse every source file and add its page, in memory, to the site's files |
+| `on_page_markdown` | remember which page is being rendered (for `.py` links) |
+| `on_page_content` | put the highlighted, linked code into the rendered page |
+| `on_post_build` | copy our CSS and JavaScript and MathJax into the site |
+| `on_serve` | make `mkdocs serve` watch the source files |
+
+The pages are generated on every build and never written to `docs/`. The
+plugin is registered under the name `literate` (an entry point in
+`pyproject.toml`); its options are in [config.py](config.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import posixpath
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from markdown import Extension
+from markdown.treeprocessors import Treeprocessor
+from mkdocs.exceptions import PluginError
+from mkdocs.plugins import BasePlugin, get_plugin_logger
+from mkdocs.structure.files import File
+from mkdocs.utils import get_relative_url, nest_paths
+
+from .config import LiterateConfig
+from .render import Linker, code_html, fill_code, highlight_lines, page_markdown
+from .sections import ParseError, parse
+
+log = get_plugin_logger("literate")
+
+# Where our files go in the built site.
+ASSETS = "assets/literate"
+MATHJAX = "assets/mathjax"
+
+
+# ## A source file
+#
+# Everything the plugin knows about one rendered file: where it is, its
+# path relative to `mkdocs.yml` (used in messages, repository links and
+# `.py` links), its dotted module name, which configured source it belongs to,
+# its name relative to that source (for `order` and `exclude`) and the page
+# it becomes (`switch.py` → `switch.md`, `__init__.py` → `index.md`).
+@dataclass
+class SourceFile:
+    path: Path
+    rel_path: str
+    module: str
+    is_package: bool
+    group: int
+    short_name: str
+    src_uri: str
+
+
+class LiteratePlugin(BasePlugin[LiterateConfig]):
+    # ## on_config
+    #
+    # Find the files first, so that a missing source stops the build before
+    # anything else happens.
+    def on_config(self, config):
+        self.root = Path(config.config_file_path or ".").resolve().parent
+        self.sources = self._find_sources()
+        self.by_rel_path = {s.rel_path: s for s in self.sources}
+        self.by_uri = {s.src_uri: s for s in self.sources}
+
+        # Notes sit inside HTML blocks, so Markdown must look inside them,
+        # and `.py` links are rewritten before mkdocs checks them.
+        if "md_in_html" not in config.markdown_extensions:
+            config.markdown_extensions.append("md_in_html")
+        config.markdown_extensions.append(_PyLinkExtension(self))
+
+        # Our stylesheet and script; MathJax after the script that
+        # configures it.
+        config.extra_css.append(f"{ASSETS}/literate.css")
+        config.extra_javascript.append(f"{ASSETS}/literate.js")
+        if self.config.mathjax:
+            self.mathjax_dir = _mathjax_dir()
+            config.extra_javascript.append(f"{MATHJAX}/tex-chtml.js")
+
+        # The address of a source line, if there is a repository to link to.
+        self.line_url = self.config.line_url
+        if not self.line_url and config.repo_url:
+            self.line_url = (config.repo_url.rstrip("/")
+                             + f"/blob/{self.config.branch}/{{path}}#L{{line}}")
+        self.current_file = None
+        return config
+
+    # Each configured source gives a list of files; with none configured, each
+    # package beside `mkdocs.yml`. A file claimed by two sources goes to the
+    # one with the longer (more specific) path.
+    def _find_sources(self) -> list[SourceFile]:
+        entries = [(s.path, s.exclude) for s in self.config.sources]
+        if not entries:
+            entries = [(p.name, []) for p in sorted(self.root.iterdir())
+                       if (p / "__init__.py").is_file() and p.name not in ("tests", "docs")]
+            if not entries:
+                raise PluginError("literate: no sources configured and no package beside mkdocs.yml")
+
+        claimed: dict[Path, tuple[int, int]] = {}
+        found: dict[Path, SourceFile] = {}
+        # What `mkdocs serve` watches: the configured paths themselves; and
+        # the default title of each source's navigation section: its name.
+        self.watch_paths = []
+        self.titles = []
+        for group, (path, exclude) in enumerate(entries):
+            base = (self.root / path).resolve()
+            if not base.exists():
+                raise PluginError(f"literate: source '{path}' does not exist (looked for {base})")
+            self.watch_paths.append(base)
+            self.titles.append(base.stem)
+            if base.is_file() and base.suffix != ".py":
+                raise PluginError(f"literate: source '{path}' is not a .py file or a package")
+            files = [base] if base.is_file() else sorted(_package_files(base))
+            for file in files:
+                source = self._source_file(file, base, group)
+                if _excluded(source.short_name, exclude):
+                    continue
+                depth = len(base.parts)
+                if file in claimed and claimed[file][0] >= depth:
+                    continue
+                claimed[file] = (depth, group)
+                found[file] = source
+
+        sources = list(found.values())
+        # Every module named in `order` must be there.
+        for group, entry in enumerate(self.config.sources):
+            names = {s.short_name for s in sources if s.group == group}
+            for name in entry.order:
+                if name not in names:
+                    raise PluginError(f"literate: module '{name}' in the order of source "
+                                      f"'{entry.path}' does not exist")
+        return sources
+
+    def _source_file(self, file: Path, base: Path, group: int) -> SourceFile:
+        rel_path = file.relative_to(self.root).as_posix() if file.is_relative_to(self.root) else file.name
+        module = _module_name(file)
+        is_package = file.name == "__init__.py"
+        # The name relative to the source: `switch`, `literate.sections`,
+        # `__init__` for the package itself.
+        if base.is_file():
+            short = file.stem
+        else:
+            parts = list(file.relative_to(base).with_suffix("").parts)
+            if is_package:
+                parts = parts[:-1] or ["__init__"]
+            short = ".".join(parts)
+        src_uri = rel_path[:-len(".py")] + ".md"
+        if is_package:
+            src_uri = posixpath.join(posixpath.dirname(rel_path), "index.md")
+        return SourceFile(file, rel_path, module, is_package, group, short, src_uri)
+
+    # ## on_files
+    #
+    # Parse every source and add its page to the site as a file generated in
+    # memory. A parse error becomes a build error naming `path:line`.
+    def on_files(self, files, *, config):
+        self.modules = {}
+        self.texts = {}
+        self.page_files = {}
+        for source in self.sources:
+            text = source.path.read_text(encoding="utf-8")
+            try:
+                module = parse(text, source.rel_path, name=source.module, is_package=source.is_package)
+            except ParseError as e:
+                raise PluginError(f"literate: {e}") from None
+            for warning in module.warnings:
+                log.warning(warning)
+            if files.get_file_from_path(source.src_uri) is not None:
+                raise PluginError(f"literate: {source.rel_path} would become {source.src_uri}, "
+                                  f"which is already a documentation file")
+            file = File.generated(config, source.src_uri, content=page_markdown(module))
+            files.append(file)
+            self.page_files[source.module] = file
+            self.modules[source.module] = module
+            self.texts[source.module] = text
+        self.linker = Linker(self.modules)
+
+        # Without a `nav` in mkdocs.yml, build one.
+        if self.config.nav and not config.nav:
+            config.nav = self._nav(files)
+        return files
+
+    # Hand-written pages first, as mkdocs would list them, then a section per
+    # source: modules named in `order` first, then the rest by name.
+    def _nav(self, files):
+        generated = set(self.by_uri)
+        handwritten = [f.src_uri for f in files.documentation_pages() if f.src_uri not in generated]
+        nav = nest_paths(handwritten)
+        for group in sorted({s.group for s in self.sources}):
+            members = [s for s in self.sources if s.group == group]
+            entry = self.config.sources[group] if self.config.sources else None
+            order = list(entry.order) if entry else []
+
+            def key(s, order=order):
+                if s.short_name in order:
+                    return (0, order.index(s.short_name), "")
+                return (1, 0 if s.short_name == "__init__" else 1, s.short_name)
+
+            pages = [s.src_uri for s in sorted(members, key=key)]
+            title = entry.nav if entry and entry.nav else self.titles[group]
+            nav.append({title: pages})
+        return nav
+
+    # ## on_page_markdown
+    #
+    # The `.py` link rewriter runs inside Markdown, which does not know the
+    # page; this tells it.
+    def on_page_markdown(self, markdown, *, page, config, files):
+        self.current_file = page.file
+        return markdown
+
+    # ## on_page_content
+    #
+    # The notes are rendered; now the code. Highlight the file once, with
+    # every name the linker can resolve turned into a link, and fill each
+    # section's placeholder.
+    def on_page_content(self, html, *, page, config, files):
+        source = self.by_uri.get(page.file.src_uri)
+        if source is None:
+            return html
+        module = self.modules[source.module]
+
+        def link(name, base):
+            if base is None:
+                found = self.linker.resolve(source.module, name)
+            else:
+                found = self.linker.resolve_attribute(source.module, base, name)
+            return self._href(page, found) if found else None
+
+        def line_url(number):
+            if not self.line_url:
+                return None
+            return self.line_url.format(path=source.rel_path, line=number)
+
+        lines = highlight_lines(self.texts[source.module], link)
+        blocks = {i: code_html(section, lines, line_url) for i, section in enumerate(module.sections)}
+        try:
+            return fill_code(html, blocks)
+        except ValueError as e:
+            raise PluginError(f"literate: {source.rel_path}: {e}") from None
+
+    # The address of a definition, relative to the page that links to it.
+    def _href(self, page, found):
+        module, anchor = found
+        target = self.page_files.get(module)
+        if target is None:
+            return None
+        fragment = f"#{anchor}" if anchor else ""
+        if target is page.file:
+            return fragment or "#"
+        return get_relative_url(target.url, page.file.url) + fragment
+
+    # ## on_post_build
+    #
+    # Copy our assets, and the parts of MathJax the browser may ask for: the
+    # TeX-to-HTML bundle, its fonts, the TeX extensions it loads on demand and
+    # the menu's accessibility parts.
+    def on_post_build(self, *, config):
+        site = Path(config.site_dir)
+        shutil.copytree(Path(__file__).parent / "assets", site / ASSETS, dirs_exist_ok=True)
+        if self.config.mathjax:
+            target = site / MATHJAX
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(self.mathjax_dir / "tex-chtml.js", target / "tex-chtml.js")
+            for part in ("input/tex/extensions", "output/chtml/fonts/woff-v2", "ui", "a11y", "sre"):
+                if (self.mathjax_dir / part).is_dir():
+                    shutil.copytree(self.mathjax_dir / part, target / part, dirs_exist_ok=True)
+
+    # ## on_serve
+    #
+    # `mkdocs serve` watches `docs/` and `mkdocs.yml`; the sources live
+    # elsewhere, so watch them too (a directory is watched with everything in
+    # it, so a new module is picked up as well).
+    def on_serve(self, server, *, config, builder):
+        for path in self.watch_paths:
+            if not any(path != other and path.is_relative_to(other) for other in self.watch_paths):
+                server.watch(str(path))
+        return server
+
+
+# ## `.py` links in notes
+#
+# A link to `switch.py` (or `switch.py#SwitchFeedForward`) from any page
+# should land on the page rendered from it. So should `switch.html`, the form
+# labml_nn's notes use. This Markdown treeprocessor runs before mkdocs' own
+# link processing (which has priority 0) and rewrites such links to the
+# generated `.md` page; mkdocs then turns that into a URL and checks it like
+# any other link. A link to a file that is not rendered is left alone, and
+# mkdocs reports it.
+class _PyLinks(Treeprocessor):
+    def __init__(self, md, plugin: LiteratePlugin):
+        super().__init__(md)
+        self.plugin = plugin
+
+    def run(self, root):
+        page = self.plugin.current_file
+        if page is None:
+            return
+        here = posixpath.dirname(page.src_uri)
+        for element in root.iter("a"):
+            href = element.get("href")
+            if not href:
+                continue
+            scheme, netloc, path, query, fragment = urlsplit(href)
+            if scheme or netloc or path.startswith("/") or not path.endswith((".py", ".html")):
+                continue
+            stem, _ = posixpath.splitext(posixpath.normpath(posixpath.join(here, path)))
+            source = self.plugin.by_rel_path.get(stem + ".py")
+            if source is None:
+                continue
+            new_path = posixpath.relpath(source.src_uri, here or ".")
+            element.set("href", urlunsplit(("", "", new_path, query, fragment)))
+
+
+class _PyLinkExtension(Extension):
+    def __init__(self, plugin: LiteratePlugin):
+        super().__init__()
+        self.plugin = plugin
+
+    def extendMarkdown(self, md):
+        md.treeprocessors.register(_PyLinks(md, self.plugin), "literate_py_links", 2)
+
+
+# ## Helpers
+#
+# The `.py` files of a package, its subpackages included; directories without
+# an `__init__.py` are not packages and are skipped.
+def _package_files(base: Path):
+    for path in base.rglob("*.py"):
+        if "__pycache__" in path.parts:
+            continue
+        if all((parent / "__init__.py").is_file()
+               for parent in path.parents if parent.is_relative_to(base)):
+            yield path
+
+
+# A module name from the file's place among packages: walk up while the
+# directory is a package.
+def _module_name(file: Path) -> str:
+    parts = [] if file.name == "__init__.py" else [file.stem]
+    parent = file.parent
+    while (parent / "__init__.py").is_file():
+        parts.insert(0, parent.name)
+        parent = parent.parent
+    return ".".join(parts) or file.stem
+
+
+def _excluded(short_name: str, exclude: list[str]) -> bool:
+    return any(short_name == e or short_name.startswith(e + ".") for e in exclude)
+
+
+# MathJax's files, from the `django-static-mathjax` package.
+def _mathjax_dir() -> Path:
+    spec = importlib.util.find_spec("mathjax")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            es5 = Path(location) / "static" / "mathjax" / "es5"
+            if (es5 / "tex-chtml.js").is_file():
+                return es5
+    raise PluginError("literate: MathJax not found; install django-static-mathjax "
+                      "(it comes with the project's docs extra), or set mathjax: false")
