@@ -11,7 +11,7 @@ Candidates, run interleaved (A B C A B C ...) in one process so that machine dri
 All use dropout 0 and float32 on the CPU (plus bf16 autocast on a GPU when there is one).
 We report the median of `--repeats` runs after `--warmup`, forward and forward+backward,
 tokens/s and ratios to `dense` and to `loop`, and the peak memory of each candidate's
-forward+backward beyond its parameters and their gradients, measured in a fresh process
+forward+backward beyond its parameters, the input and their gradients, measured in a fresh process
 per candidate (VmHWM after resetting it through /proc/self/clear_refs; the allocator's
 peak statistics on a GPU).
 
@@ -150,35 +150,46 @@ def _vm_rss_bytes() -> int:
 
 def measure_peak_memory_here(name: str, size, device_name: str) -> int:
     """
-    Peak bytes of one forward+backward beyond the parameters, their gradients and the
-    input (all allocated beforehand). Run in a fresh process (see `peak_memory`).
+    Peak bytes of one forward+backward beyond the parameters, the input, and the
+    gradients the backward leaves behind (of the parameters and the input), as in
+    training with `zero_grad(set_to_none=True)`: the gradients are allocated by
+    the backward and then are the gradients, not extra. Run in a fresh process
+    (see `peak_memory`).
     """
     device = torch.device(device_name)
     torch.manual_seed(0)
     module = build(name, size, device)
     x = make_input(size, device).requires_grad_()
-    # Parameters, gradients and the input's gradient exist before we start counting
-    for p in module.parameters():
-        p.grad = torch.zeros_like(p)
-    x.grad = torch.zeros_like(x)
+
+    def grad_bytes() -> int:
+        grads = [p.grad for p in module.parameters() if p.grad is not None] + [x.grad]
+        return sum(g.numel() * g.element_size() for g in grads if g is not None)
+
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         step(module, x, True, autocast=True)
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
+        return torch.cuda.max_memory_allocated() - base - grad_bytes()
     base = _vm_rss_bytes()
     # Reset the high-water mark of the resident set to the current size
     Path("/proc/self/clear_refs").write_text("5")
     step(module, x, True, autocast=False)
-    return _vm_hwm_bytes() - base
+    return _vm_hwm_bytes() - base - grad_bytes()
 
 
 def peak_memory(name: str, size, device: torch.device) -> int:
-    """Run `measure_peak_memory_here` in a fresh Python process."""
+    """
+    Run `measure_peak_memory_here` in a fresh Python process. There, every allocation of
+    64 KiB or more gets its own mapping that is unmapped when freed (a fixed
+    `MALLOC_MMAP_THRESHOLD_`: glibc otherwise raises the threshold after the first free
+    and keeps freed memory resident), and no huge pages (they would round sizes up to
+    2 MiB), so the resident set follows the live tensors.
+    """
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", THP_MEM_ALLOC_ENABLE="0")
     out = subprocess.run([sys.executable, __file__, "--measure-memory", name, ",".join(map(str, size)),
-                          "--device", str(device)], capture_output=True, text=True, check=True, env=os.environ)
+                          "--device", str(device), "--no-thp"], capture_output=True, text=True, check=True, env=env)
     return int(out.stdout.strip().splitlines()[-1])
 
 
