@@ -4,6 +4,8 @@
 #   make site    set up .venv and build the site into site/ (strict: broken links fail)
 #   make quick   set up .venv and train the quick preset of the experiment (more settings: ARGS="key=value ...")
 PY := .venv/bin/python
+# mkdocs-material announces MkDocs 2 in a box on every build; we know
+export NO_MKDOCS_2_WARNING := 1
 
 .venv/.installed: pyproject.toml scripts/setup.sh
 	scripts/setup.sh dev

@@ -19,8 +19,9 @@ whole layer.
 
 For a token $x$ the layer computes
 
-$$y = p_{i^*}(x)\, E_{i^*}(x), \qquad i^* = \arg\max_i p_i(x), \qquad
-p_i(x) = \frac{e^{h_i(x)}}{\sum_{j=1}^{N} e^{h_j(x)}}, \qquad h(x) = W_r x$$
+$$h(x) = W_r x, \qquad p_i(x) = \frac{e^{h_i(x)}}{\sum_{j=1}^{N} e^{h_j(x)}},$$
+
+$$i^* = \arg\max_i p_i(x), \qquad y = p_{i^*}(x)\, E_{i^*}(x),$$
 
 where $E_i$ is expert $i$ and $W_r$ the router's weight (no bias). Multiplying by
 the gate value $p_{i^*}(x)$ is what lets the router learn: its output reaches
