@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 
 from labml_nn_switch import SwitchFeedForward, build_transformer
 from labml_nn_switch import distributed as D
+from test_switch import make_layer
 
 # How long one task may take on a rank before the test fails (a bug must not hang the suite)
 TASK_TIMEOUT = 60
@@ -130,15 +131,8 @@ D_MODEL = 8
 
 
 def _make_switch(*, n_experts: int, dtype: torch.dtype, seed: int = 0, **options) -> SwitchFeedForward:
-    """The single-process layer, the same on every rank: non-zero biases and a sharp router (uneven loads)."""
-    torch.manual_seed(seed)
-    ff = SwitchFeedForward(d_model=D_MODEL, d_ff=16, n_experts=n_experts, expert_dropout=0.0, **options).to(dtype)
-    with torch.no_grad():
-        for b in (ff.experts.b1, ff.experts.b2):
-            if b is not None:
-                b.normal_()
-        ff.router.weight.mul_(20)
-    return ff
+    """The single-process layer of test_switch.py, the same on every rank: biases, a sharp router (uneven loads)."""
+    return make_layer(n_experts=n_experts, dtype=dtype, seed=seed, d_model=D_MODEL, **options)
 
 
 def _shards(global_x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
