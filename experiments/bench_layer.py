@@ -15,7 +15,7 @@ forward+backward beyond its parameters, the input and their gradients, measured 
 per candidate (VmHWM after resetting it through /proc/self/clear_refs; the allocator's
 peak statistics on a GPU).
 
-    python experiments/bench_layer.py                 # all sizes, writes experiments/results/bench_layer.json
+    python experiments/bench_layer.py                 # all sizes, writes experiments/results/bench_layer.{json,md}
     python experiments/bench_layer.py --sizes 2048,128,256,4 --repeats 20
 
 Large fresh allocations can cost more in page faults than in arithmetic on this kind
@@ -26,7 +26,6 @@ of machine; we run with transparent huge pages for PyTorch's CPU allocator
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from labml_nn_switch import FeedForward, SwitchFeedForward  # noqa: E402
+from machine import machine_meta  # noqa: E402
 
 DEFAULT_SIZES = [(2048, 128, 256, 4), (4096, 512, 2048, 8), (4096, 512, 2048, 64), (16384, 256, 1024, 32)]
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_layer.json"
@@ -228,6 +228,28 @@ def print_row(row: dict) -> None:
                   f"{r['ratio_to_loop']:8.2f} {mem_s} {ratio_s}")
 
 
+def markdown_table(rows: list[dict], meta: dict) -> str:
+    """The figures as a Markdown table, for the site's Performance page."""
+    lines = [f"Forward+backward, median of {meta['repeats']} interleaved runs; {meta['device']} "
+             f"({meta['threads']} threads), torch {meta['torch']}, huge pages "
+             f"{'on' if meta['thp_mem_alloc'] else 'off'}. Command: `{meta['command'].strip()}`.",
+             "",
+             "| tokens, d_model, d_ff, experts | switch ms | dense ms | loop ms | switch / dense | loop / dense "
+             "| switch / loop | memory switch / dense | memory loop / dense |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        fb = row["forward_backward"]
+        mem = row.get("peak_memory_ratio_to_dense", {})
+        lines.append(
+            f"| {row['tokens']}, {row['d_model']}, {row['d_ff']}, {row['n_experts']}"
+            f"{' (bf16)' if row['autocast_bf16'] else ''} "
+            f"| {fb['switch']['ms']:.1f} | {fb['dense']['ms']:.1f} | {fb['loop']['ms']:.1f} "
+            f"| {fb['switch']['ratio_to_dense']:.2f} | {fb['loop']['ratio_to_dense']:.2f} "
+            f"| {fb['switch']['ratio_to_loop']:.2f} "
+            f"| {mem.get('switch', float('nan')):.2f} | {mem.get('loop', float('nan')):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_size(text: str) -> tuple[int, int, int, int]:
     parts = tuple(int(v) for v in text.split(","))
     if len(parts) != 4 or parts[0] % 256:
@@ -264,14 +286,13 @@ def main() -> None:
                            memory=not args.no_memory)
             print_row(row)
             rows.append(row)
-    meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "device_type": device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
+    meta = {**machine_meta(device),
             "repeats": args.repeats, "warmup": args.warmup,
             "command": "python experiments/bench_layer.py " + " ".join(sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    args.out.with_suffix(".md").write_text(markdown_table(rows, meta))
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,12 @@ factor 1.2, seq_len 64, batch 32). A step is forward, loss, backward, gradient c
 the Adam update. The two models run interleaved in one process; we report the median of
 `--repeats` steps after `--warmup`, tokens/s and the ratio switch / dense.
 
-    python experiments/bench_train.py                  # writes experiments/results/bench_train.json
+    python experiments/bench_train.py                  # writes experiments/results/bench_train.{json,md}
 """
 
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ import torch  # noqa: E402
 
 from labml_nn_switch.experiment import PRESETS, AutoregressiveModel, train_step  # noqa: E402
 from labml_nn_switch.transformer import build_transformer  # noqa: E402
+from machine import machine_meta  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"
 N_VOCAB = 65  # Tiny Shakespeare's characters
@@ -87,15 +87,20 @@ def main() -> None:
     for kind, r in result.items():
         print(f"  {kind:<7} {r['ms']:8.2f} ms  {r['tokens_per_s']:10.0f} tokens/s")
     print(f"  switch / dense tokens/s: {ratio:.3f}")
-    meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "device_type": device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1", "autocast_bf16": autocast,
+    meta = {**machine_meta(device), "autocast_bf16": autocast,
             "repeats": args.repeats, "warmup": args.warmup,
             "command": "python experiments/bench_train.py " + " ".join(sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "results": result, "switch_over_dense_tokens_per_s": ratio},
                                    indent=2) + "\n")
-    print(f"wrote {args.out}")
+    table = (f"One training step of the `labml` preset ({tokens} tokens), median of {args.repeats} interleaved "
+             f"steps; {meta['device']} ({meta['threads']} threads), torch {meta['torch']}. "
+             f"Command: `{meta['command'].strip()}`.\n\n"
+             "| model | ms per step | tokens/s |\n|---|---|---|\n"
+             + "".join(f"| {kind} | {r['ms']:.1f} | {r['tokens_per_s']:.0f} |\n" for kind, r in result.items())
+             + f"\nSwitch / dense tokens/s: **{ratio:.2f}**\n")
+    args.out.with_suffix(".md").write_text(table)
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

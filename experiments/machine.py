@@ -1,0 +1,25 @@
+"""What the benchmarks ran on, recorded with their figures."""
+
+import os
+from pathlib import Path
+
+import torch
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name from /proc/cpuinfo."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "cpu"
+
+
+def machine_meta(device: torch.device) -> dict:
+    """Device, torch version, threads and whether PyTorch's CPU allocator uses huge pages."""
+    return {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"}

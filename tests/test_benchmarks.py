@@ -1,0 +1,33 @@
+"""The benchmark scripts run end to end on a tiny size and write their results (no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def run(script: str, *args: str) -> None:
+    subprocess.run([sys.executable, str(EXPERIMENTS / script), *args], check=True, capture_output=True, text=True,
+                   timeout=300)
+
+
+def test_bench_layer_writes_every_candidate_and_ratio(tmp_path):
+    out = tmp_path / "layer.json"
+    run("bench_layer.py", "--sizes", "256,16,32,4", "--repeats", "2", "--warmup", "1", "--out", str(out))
+    row = json.loads(out.read_text())["results"][0]
+    for mode in ("forward", "forward_backward"):
+        assert set(row[mode]) == {"switch", "dense", "loop"}
+        assert row[mode]["dense"]["ratio_to_dense"] == 1.0
+        assert all(r["ms"] > 0 for r in row[mode].values())
+    assert set(row["peak_memory_bytes"]) == {"switch", "dense", "loop"}
+    assert "| 256, 16, 32, 4 |" in out.with_suffix(".md").read_text()
+
+
+def test_bench_train_writes_the_ratio(tmp_path):
+    out = tmp_path / "train.json"
+    run("bench_train.py", "--repeats", "1", "--warmup", "0", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["switch_over_dense_tokens_per_s"] > 0
+    assert "Switch / dense tokens/s" in out.with_suffix(".md").read_text()
