@@ -143,6 +143,7 @@ NCCL runs it on GPUs, gloo on CPUs.
 """
 
 import copy
+import importlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -221,6 +222,9 @@ def init_from_env(*, backend: str | None = None, timeout: timedelta = timedelta(
     # What torchrun says
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    # A second call: the backend the group was set up with (gloo on a machine with a GPU, say)
+    if dist.is_initialized():
+        backend = dist.get_backend()
     # NCCL for GPUs, gloo for CPUs
     backend = backend or ("nccl" if cuda else "gloo")
     # With NCCL each process drives the GPU of its local rank
@@ -231,6 +235,10 @@ def init_from_env(*, backend: str | None = None, timeout: timedelta = timedelta(
         device = torch.device("cpu")
     # The default process group, rendezvous at `MASTER_ADDR:MASTER_PORT`
     if not dist.is_initialized():
+        # (First import `torch._dynamo`, as building a torch optimiser does: imported after the group
+        # exists, it keeps the group alive past `destroy_process_group`, and at exit the group's
+        # threads can abort the process, "terminate called without an active exception"; torch 2.13)
+        importlib.import_module("torch._dynamo")
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
                                 timeout=timeout)
     #
@@ -665,6 +673,9 @@ def clip_grad_norm_(model: nn.Module, max_norm: float, *, group: Any = None) -> 
     Returns $\lVert g \rVert$, the same on every rank.
     """
     _, world_size = _world(group)
+    # In one process this is torch's own clipping (its fused kernels, its rounding)
+    if world_size == 1:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     replicated, experts = _split_parameters(model)
     # The gradients that exist
     rep = [p.grad for p in replicated if p.grad is not None]

@@ -17,7 +17,12 @@ python -m labml_nn_switch.experiment train preset=quick          # a few minutes
 python -m labml_nn_switch.experiment train preset=labml model=dense steps=2000
 python -m labml_nn_switch.experiment train --resume               # continue the latest run
 python -m labml_nn_switch.experiment sample --prompt "It is"       # from the latest checkpoint
+torchrun --standalone --nproc-per-node 2 -m labml_nn_switch.experiment train preset=quick
 ```
+
+The last line trains on two processes (two GPUs with NCCL, or two CPU processes with
+gloo): each holds half of every layer's experts and takes half of every batch (see
+*Several processes* below, and [`distributed.py`](distributed.py)).
 
 Every setting is a key of `Configs` (below) and can be overridden as `key=value`;
 a *preset* is a named set of such overrides.
@@ -41,6 +46,7 @@ which a checkpoint would not restore).
 """
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -55,6 +61,7 @@ from labml import experiment, lab, monit, tracker
 from labml.configs import BaseConfigs, option
 from torch import nn
 
+from labml_nn_switch import distributed as D
 from labml_nn_switch.checkpoint import (CHECKPOINT_FILE, find_checkpoint, latest_checkpoint, load_checkpoint,
                                         rng_state, save_checkpoint, set_rng_state)
 from labml_nn_switch.data import (DataError, WindowSampler, char_dataset, find_text_file, fixed_windows, load_text,
@@ -237,11 +244,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 @option(Configs.torch_device)
 def _torch_device(c: Configs) -> torch.device:
     """
-    The device: a GPU when there is one and `device=auto`.
+    The device: with `device=auto`, a GPU when there is one (under torchrun, the GPU of
+    this process's local rank).
     """
-    # `auto` picks CUDA if it is available
+    # `auto` takes the device `init_from_env` chose for this process
     if c.device == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+        return D.init_from_env().device
     #
     return torch.device(c.device)
 
@@ -280,11 +288,17 @@ def build_model(settings: dict[str, Any], *, n_vocab: int) -> AutoregressiveMode
 def _net(c: Configs) -> AutoregressiveModel:
     """
     The model (see `build_model`), with its weights seeded by `seed`, on the device.
+    With several processes, each keeps only its share of the experts.
     """
-    # The same seed gives the same weights
+    # The same seed gives the same weights (in every process)
     torch.manual_seed(c.seed)
     # Built from the settings
-    return build_model({k: getattr(c, k) for k in SETTINGS}, n_vocab=c.dataset.n_tokens).to(c.torch_device)
+    model = build_model({k: getattr(c, k) for k in SETTINGS}, n_vocab=c.dataset.n_tokens).to(c.torch_device)
+    # Several processes: each keeps its $N / W$ experts per layer, and rank 0's copy of the rest
+    if D.init_from_env().distributed:
+        model = D.expert_parallel(model)
+    #
+    return model
 
 
 @option(Configs.optim)
@@ -382,6 +396,26 @@ def compute_loss(model: nn.Module, data: torch.Tensor, target: torch.Tensor, *,
     return StepResult(ce=ce, accuracy=accuracy, loss=loss, routing=routing)
 
 
+def step_metrics(result: StepResult, suffix: str) -> dict[str, float]:
+    """
+    ### The metrics of a step
+
+    The cross-entropy, the accuracy and the two auxiliary losses, and (for a Switch
+    model) the routing metrics below, all of the *global* batch. With several processes
+    each computed them on its own shard; the shards are the same size, so the mean over
+    the processes is the mean over the global batch. Every process must call this (it
+    communicates), and every process gets the same numbers.
+    """
+    # This process's means, `[4]`
+    local = torch.stack([result.ce.detach().float(), result.accuracy.float(),
+                         result.routing.load_balancing_loss.detach().float(), result.routing.z_loss.detach().float()])
+    # Averaged over the processes (one all-reduce)
+    ce, accuracy, lb_loss, z_loss = D.mean_over_ranks(local).tolist()
+    #
+    return {f'loss.{suffix}': ce, f'accuracy.{suffix}': accuracy, f'lb_loss.{suffix}': lb_loss,
+            f'z_loss.{suffix}': z_loss, **routing_metrics(result.routing, suffix)}
+
+
 def routing_metrics(routing: TransformerRouting, suffix: str) -> dict[str, float]:
     """
     ### Routing metrics
@@ -389,22 +423,26 @@ def routing_metrics(routing: TransformerRouting, suffix: str) -> dict[str, float
     Per layer $l$: the smallest, largest and standard deviation of the fraction of
     tokens routed to each expert (perfect balance is $1/N$ for all, a std of 0); over
     all layers: the fraction of tokens dropped for capacity and the mean probability
-    of the chosen expert.
+    of the chosen expert. Of the global batch: the token counts are summed over the
+    processes, the fractions averaged.
     """
     # A dense model routes nothing
     if not routing.layers:
         return {}
+    # Tokens routed to each expert of each layer, summed over the processes, `[n_layers, n_experts]`
+    counts = D.sum_over_ranks(torch.stack([r.tokens_per_expert.float() for r in routing.layers]))
+    # The fraction routed to each expert
+    fraction = counts / counts.sum(dim=1, keepdim=True)
     metrics = {}
-    for l, r in enumerate(routing.layers):
-        # Fraction of tokens routed to each expert, `[n_experts]`
-        fraction = r.route_fraction.float()
+    for l, f in enumerate(fraction):
         # Their spread
-        metrics[f'route.min.{l}'] = fraction.min().item()
-        metrics[f'route.max.{l}'] = fraction.max().item()
-        metrics[f'route.std.{l}'] = fraction.std(unbiased=False).item()
-    # Dropped tokens and gate probabilities, averaged over layers
-    metrics[f'dropped.{suffix}'] = sum(float(r.dropped_fraction) for r in routing.layers) / len(routing.layers)
-    metrics[f'max_prob.{suffix}'] = sum(r.max_prob.float().mean().item() for r in routing.layers) / len(routing.layers)
+        metrics[f'route.min.{l}'] = f.min().item()
+        metrics[f'route.max.{l}'] = f.max().item()
+        metrics[f'route.std.{l}'] = f.std(unbiased=False).item()
+    # Dropped tokens and gate probabilities, averaged over layers, then over the processes
+    local = torch.stack([torch.stack([r.dropped_fraction.float() for r in routing.layers]).mean(),
+                         torch.stack([r.max_prob.float().mean() for r in routing.layers]).mean()])
+    metrics[f'dropped.{suffix}'], metrics[f'max_prob.{suffix}'] = D.mean_over_ranks(local).tolist()
     #
     return metrics
 
@@ -426,11 +464,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: to
     result = compute_loss(model, data, target, lb_alpha=lb_alpha, z_loss_coef=z_loss_coef, autocast=autocast)
     # Clear the previous gradients
     optimizer.zero_grad(set_to_none=True)
-    # Back-propagate
+    # Back-propagate (through the all-to-alls, with several processes)
     result.loss.backward()
-    # Clip the gradient norm
+    # Average the gradients over the processes (nothing to do in a single process)
+    D.sync_gradients(model)
+    # Clip the gradient norm of the whole model, whose experts may be spread over the processes
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        D.clip_grad_norm_(model, grad_clip)
     # Update the parameters
     optimizer.step()
     # Advance the learning-rate schedule
@@ -447,28 +487,34 @@ def evaluate(model: nn.Module, batches: list, *, device: torch.device, autocast:
     `model.eval()` turns off dropout and jitter, and the Switch layers use their
     evaluation capacity factor. Returns the mean loss and accuracy over the fixed
     validation batches, the routing metrics, and the fraction of tokens routed to each
-    expert of each layer (for the utilisation plots).
+    expert of each layer (for the utilisation plots). With several processes each
+    evaluates its share of every batch, and the results are of the whole batches.
     """
     # Evaluation mode
     model.eval()
     # Sums over batches
     ce, accuracy, routes, dropped = 0.0, 0.0, None, 0.0
     for data, target in batches:
+        # This process's share of the batch
+        data, target = (D.shard_batch(t).to(device) for t in (data, target))
         # The loss without the auxiliary terms
-        result = compute_loss(model, data.to(device), target.to(device), lb_alpha=0.0, z_loss_coef=0.0,
-                              autocast=autocast)
+        result = compute_loss(model, data, target, lb_alpha=0.0, z_loss_coef=0.0, autocast=autocast)
         ce += result.ce.item()
         accuracy += result.accuracy.item()
         # Tokens routed to each expert, summed over batches, `[n_layers, n_experts]`
         if result.routing.layers:
-            counts = torch.stack([r.tokens_per_expert.float().cpu() for r in result.routing.layers])
+            counts = torch.stack([r.tokens_per_expert.float() for r in result.routing.layers])
             routes = counts if routes is None else routes + counts
             dropped += sum(float(r.dropped_fraction) for r in result.routing.layers) / len(result.routing.layers)
-    # Means
+    # Means over batches, then over the processes (their shards are the same size)
     n = len(batches)
-    out = {'loss.valid': ce / n, 'accuracy.valid': accuracy / n}
+    ce, accuracy, dropped = D.mean_over_ranks(torch.tensor([ce, accuracy, dropped], dtype=torch.float64,
+                                                           device=device) / n).tolist()
+    out = {'loss.valid': ce, 'accuracy.valid': accuracy}
     if routes is not None:
-        out['dropped.valid'] = dropped / n
+        out['dropped.valid'] = dropped
+        # The counts of all processes
+        routes = D.sum_over_ranks(routes).cpu()
         # Fractions: each row sums to one
         out['route_fraction'] = (routes / routes.sum(dim=1, keepdim=True)).tolist()
     #
@@ -526,8 +572,11 @@ class TrainResult:
 
 def train(conf: Configs, *, run_dir: Path, state: Optional[dict] = None) -> TrainResult:
     """
-    Train from step 0, or from a checkpoint's `state`, to `conf.steps`.
+    Train from step 0, or from a checkpoint's `state`, to `conf.steps`. With several
+    processes every process runs this, in lockstep; only rank 0 writes.
     """
+    # This process's rank, of `world_size`
+    launch = D.init_from_env()
     # Build the model, optimiser, schedule and data order (labml computes them now)
     model, optim, scheduler, sampler = conf.net, conf.optim, conf.scheduler, conf.sampler
     # bf16 autocast on a GPU
@@ -538,44 +587,51 @@ def train(conf: Configs, *, run_dir: Path, state: Optional[dict] = None) -> Trai
     step, history, losses = 0, [], []
     # ... or continue exactly where the checkpoint stopped
     if state is not None:
-        model.load_state_dict(state['model'])
-        optim.load_state_dict(state['optimizer'])
+        # The checkpoint holds the whole model: each process takes its experts and the rest
+        D.load_full_state_dict(model, state['model'])
+        # Likewise the optimiser's moments
+        D.load_full_optimizer_state_dict(model, optim, state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
         sampler.load_state_dict(state['sampler'])
-        set_rng_state(state['rng'])
+        # This process's random state (older checkpoints hold only one)
+        set_rng_state(state['rng_ranks'][launch.rank] if 'rng_ranks' in state else state['rng'])
         step, history, losses = state['step'], state['history'], state['losses']
     else:
-        # Seed dropout and jitter (the weights were seeded when built)
-        torch.manual_seed(conf.seed + 1)
+        # Seed dropout and jitter (the weights were seeded when built), differently in each process
+        torch.manual_seed(conf.seed + 1 + launch.rank)
     # The tracker counts optimiser steps
     tracker.set_global_step(step)
 
     def save():
-        # Everything a resumed run needs
-        save_checkpoint(checkpoint, {
-            'step': step, 'config': {k: getattr(conf, k) for k in SETTINGS},
-            'model': model.state_dict(), 'optimizer': optim.state_dict(), 'scheduler': scheduler.state_dict(),
-            'sampler': sampler.state_dict(), 'rng': rng_state(), 'itos': conf.dataset.itos, 'history': history,
-            'losses': losses,
-        })
+        # The whole model and the optimiser's state, the experts gathered from every process
+        model_state, optim_state = D.full_state_dict(model), D.full_optimizer_state_dict(model, optim)
+        # Every process's random state, in rank order
+        rngs = D.gather_objects(rng_state())
+        # Rank 0 writes everything a resumed run needs
+        if D.is_main_process():
+            save_checkpoint(checkpoint, {
+                'step': step, 'config': {k: getattr(conf, k) for k in SETTINGS},
+                'model': model_state, 'optimizer': optim_state, 'scheduler': scheduler.state_dict(),
+                'sampler': sampler.state_dict(), 'rng': rng_state(), 'rng_ranks': rngs,
+                'world_size': launch.world_size, 'itos': conf.dataset.itos, 'history': history, 'losses': losses,
+            })
 
     # The clock of the tokens/s metric
     tokens, train_time = 0, 0.0
     for _ in monit.loop(range(step, conf.steps)):
-        # The next batch, `[seq_len, batch_size]`
-        data, target = (t.to(conf.torch_device) for t in sampler.next_batch())
+        # The next global batch, `[seq_len, batch_size]` (the same in every process), and this process's share
+        data, target = (D.shard_batch(t).to(conf.torch_device) for t in sampler.next_batch())
         # One step, timed
         start = time.perf_counter()
         result = train_step(model, optim, scheduler, data, target, lb_alpha=conf.lb_alpha,
                             z_loss_coef=conf.z_loss_coef, grad_clip=conf.grad_clip, autocast=autocast)
         step += 1
-        # Track this step's metrics (labml averages them until the next `save`)
-        tracker.add({'loss.train': result.ce.item(), 'accuracy.train': result.accuracy.item(),
-                     'lb_loss.train': result.routing.load_balancing_loss.item(),
-                     'z_loss.train': result.routing.z_loss.item()})
-        tracker.add(routing_metrics(result.routing, 'train'))
-        losses.append(result.ce.item())
-        tokens += data.numel()
+        # This step's metrics over the global batch (labml averages them until the next `save`)
+        metrics = step_metrics(result, 'train')
+        tracker.add(metrics)
+        losses.append(metrics['loss.train'])
+        # The tokens of all processes
+        tokens += data.numel() * launch.world_size
         train_time += time.perf_counter() - start
         # Write the tracked metrics every `log_interval` steps
         if step % conf.log_interval == 0 or step == conf.steps:
@@ -592,7 +648,7 @@ def train(conf: Configs, *, run_dir: Path, state: Optional[dict] = None) -> Trai
         # Save a checkpoint every `checkpoint_interval` steps and at the end
         if (conf.checkpoint_interval > 0 and step % conf.checkpoint_interval == 0) or step == conf.steps:
             save()
-    # A sample of what the model learned
+    # A sample of what the model learned (every process runs the model: its layers communicate)
     sample = generate(model, conf.dataset.itos, conf.sample_prompt, length=conf.sample_length,
                       seq_len=conf.seq_len, temperature=conf.temperature, device=conf.torch_device, seed=conf.seed)
     #
@@ -632,9 +688,10 @@ def convert(key: str, value: Any) -> Any:
     return number
 
 
-def check(values: dict[str, Any]):
+def check(values: dict[str, Any], *, world_size: int = 1):
     """
     Check that the values make sense together, before anything is built.
+    `world_size` is the number of processes the run is split over.
     """
     # Counts and sizes must be positive
     for key in ('n_layers', 'd_model', 'n_heads', 'd_ff', 'n_experts', 'seq_len', 'batch_size',
@@ -670,12 +727,20 @@ def check(values: dict[str, Any]):
             raise ConfigError(f'device={device!r} is not a device (auto, cpu, cuda, cuda:N)') from None
         if kind == 'cuda' and not torch.cuda.is_available():
             raise ConfigError(f'device={device!r} but CUDA is not available here')
+    # Several processes: each takes an equal share of every batch
+    if values['batch_size'] % world_size:
+        raise ConfigError(f'batch_size={values["batch_size"]} is not divisible by the number of processes '
+                          f'({world_size}): each process takes an equal share of every batch')
+    # ... and of every Switch layer's experts
+    if values['model'] == 'switch' and values['n_experts'] % world_size:
+        raise ConfigError(f'n_experts={values["n_experts"]} is not divisible by the number of processes '
+                          f'({world_size}): each process holds an equal share of the experts')
 
 
-def resolve(overrides: dict[str, Any]) -> dict[str, Any]:
+def resolve(overrides: dict[str, Any], *, world_size: int = 1) -> dict[str, Any]:
     """
     The explicit settings of a run: the preset's overrides, then the user's, checked
-    together with the defaults.
+    together with the defaults (for a run on `world_size` processes).
     """
     # The preset first, if one is named
     preset = str(overrides.get('preset', '') or '')
@@ -685,7 +750,7 @@ def resolve(overrides: dict[str, Any]) -> dict[str, Any]:
     # Each value in its type
     explicit = {k: convert(k, v) for k, v in explicit.items()}
     # Checked together with the defaults
-    check({**{k: getattr(Configs, k).value for k in SETTINGS}, **explicit})
+    check({**{k: getattr(Configs, k).value for k in SETTINGS}, **explicit}, world_size=world_size)
     #
     return explicit
 
@@ -720,6 +785,81 @@ def writers() -> set[str]:
     return {'screen', 'file', 'app'} if app_url else {'screen', 'file'}
 
 
+# ## Several processes
+#
+# `torchrun --nproc-per-node W -m labml_nn_switch.experiment train ...` starts $W$
+# processes (*ranks*), each running `run_train` below; [`distributed.py`](distributed.py)
+# explains the layer. What changes, compared with one process:
+#
+# * **The model.** Every rank builds it from the same seed; `expert_parallel` then
+#   keeps $N / W$ experts of every Switch layer on each rank and copies rank 0's
+#   other weights to all. A dense model is simply replicated.
+# * **The data.** Every rank draws the same global batch of `batch_size` sequences from
+#   the same seeded sampler and keeps its own $1 / W$ of it (`shard_batch`), so the
+#   ranks see different data, the data order is that of one process, and it resumes
+#   exactly. Evaluation batches are split the same way.
+# * **The step.** The loss of each rank is over its shard; `sync_gradients` averages
+#   the gradients (DDP's job) and `clip_grad_norm_` clips the norm of the whole model.
+#   Dropout and jitter are seeded with `seed + 1 + rank`: each rank draws its own
+#   noise, and rank 0 starts as a single process would.
+# * **Capacity.** Each rank applies the capacity to its own tokens (`distributed.py`
+#   explains why), so a run on $W$ processes drops tokens as $W$ single-process
+#   layers on $1 / W$ of the batch would.
+# * **Writing.** Rank 0 alone writes labml's logs and the checkpoints; the other ranks
+#   run labml's `experiment.evaluate()`, which records nothing. The metrics are of
+#   the global batch (`step_metrics`), so every rank computes them.
+# * **Checkpoints.** Every rank takes part in `save()` (the experts and their Adam
+#   moments are gathered into the single-process layout, with every rank's random
+#   state), rank 0 writes. So a checkpoint from $W$ processes also loads into one
+#   ordinary model to `sample`; it *resumes* on $W$ processes, each taking its
+#   experts and its own random state back.
+# * **Files.** Rank 0 decides which files: it finds (or downloads) the text, and finds
+#   the checkpoint to resume, and sends the paths to the others (`on_main_process`),
+#   so that all go the same way, or stop with the same error. Every process then reads
+#   them from that path (on several machines: a shared file system).
+# * **Lockstep.** The ranks communicate inside every forward and backward pass, so
+#   every rank runs every step, evaluation, save and sample, even where rank 0 alone
+#   uses the result.
+#
+# NCCL runs it on GPUs (one per process, the GPU of its local rank), gloo on CPUs
+# (where no GPU is visible: `CUDA_VISIBLE_DEVICES= torchrun ...` hides them).
+
+def on_main_process(fn: Callable[[], Any]) -> Any:
+    """
+    `fn()` on rank 0 alone, its result given to every process. A `ConfigError` or
+    `DataError` it raises is raised in every process, so that all stop together
+    (and none waits for the others in a collective). Just `fn()` in a single process.
+    """
+    result, error = None, None
+    # Rank 0 does the work
+    if D.is_main_process():
+        try:
+            result = fn()
+        except (ConfigError, DataError) as e:
+            error = e
+    # The others get its answer
+    result, error = D.broadcast_object((result, error))
+    if error is not None:
+        raise error
+    #
+    return result
+
+
+def find_resume(resume: str) -> Path:
+    """
+    The checkpoint to resume: of a run folder or checkpoint file, or the latest of any run.
+    """
+    # The newest of any run, or the one named
+    path = (latest_checkpoint(lab.get_experiments_path() / EXPERIMENT_NAME) if resume == 'latest'
+            else find_checkpoint(Path(resume)))
+    # None: say where we looked
+    if path is None:
+        where = lab.get_experiments_path() / EXPERIMENT_NAME if resume == 'latest' else resume
+        raise ConfigError(f'no checkpoint to resume from in {str(where)!r}')
+    #
+    return path
+
+
 # Settings that may change when a run is resumed (the rest must match the checkpoint)
 RESUMABLE = {'steps', 'log_interval', 'eval_interval', 'checkpoint_interval', 'data', 'download', 'device',
              'precision', 'sample_prompt', 'sample_length', 'temperature'}
@@ -733,18 +873,22 @@ def run_train(overrides: dict[str, Any], *, resume: Optional[str] = None,
     * `overrides` are `key=value` settings (strings or values), including `preset`
     * `resume` is a run folder or checkpoint file to continue from, or `'latest'`
     * `labml_writers` replaces the default writers (tests and studies pass fewer)
+
+    Under torchrun every process runs this (see *Several processes* above).
     """
+    # This process's place: rank 0 of 1, or one of torchrun's processes
+    launch = D.init_from_env()
     # Continue a run: its checkpoint holds its settings
     state = None
     if resume:
         # labml's folders, to find the runs
         labml_root()
-        path = (latest_checkpoint(lab.get_experiments_path() / EXPERIMENT_NAME) if resume == 'latest'
-                else find_checkpoint(Path(resume)))
-        if path is None:
-            where = lab.get_experiments_path() / EXPERIMENT_NAME if resume == 'latest' else resume
-            raise ConfigError(f'no checkpoint to resume from in {str(where)!r}')
-        state = load_checkpoint(path)
+        # Rank 0 finds the checkpoint (for `latest`, the newest it sees); every process loads it
+        state = load_checkpoint(on_main_process(lambda: find_resume(resume)))
+        # Each process of the run saved its random state: the same number must continue it
+        if state.get('world_size', 1) != launch.world_size:
+            raise ConfigError(f'the checkpoint was saved by {state.get("world_size", 1)} process(es); resume it on '
+                              f'as many (this run has {launch.world_size})')
         # Only a few settings may change
         overrides = {k: convert(k, v) for k, v in overrides.items()}
         for k, v in overrides.items():
@@ -752,12 +896,23 @@ def run_train(overrides: dict[str, Any], *, resume: Optional[str] = None,
                 raise ConfigError(f'cannot change {k} when resuming (the checkpoint has {k}={state["config"][k]!r})')
         overrides = {**state['config'], **overrides}
     # The checked settings
-    explicit = resolve(overrides)
+    explicit = resolve(overrides, world_size=launch.world_size)
+    # Every process must have been given the same settings
+    try:
+        D.check_same_on_all_ranks(explicit, what='the settings')
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     # labml's folders (`logs/` and `data/`)
     labml_root()
     values = {**{k: getattr(Configs, k).value for k in SETTINGS}, **explicit}
-    # Find (or download) the text, and check that it is long enough
-    path = find_text_file(values['data'] or None, data_dir=lab.get_data_path(), allow_download=values['download'])
+    # Several processes run where `init_from_env` put them: the GPU of their local rank, or the CPU
+    if launch.distributed and values['device'] not in ('auto', launch.device.type):
+        raise ConfigError(f'device={values["device"]!r} with {launch.world_size} processes: each uses '
+                          f'{launch.device.type} here (device=auto); to train on CPUs on a machine with GPUs, '
+                          f'hide them: CUDA_VISIBLE_DEVICES= torchrun ...')
+    # Find (or download) the text, on rank 0 alone, and check that it is long enough
+    path = on_main_process(lambda: find_text_file(values['data'] or None, data_dir=lab.get_data_path(),
+                                                  allow_download=values['download']))
     text = load_text(path)
     check_text(text, values)
     explicit['data'] = str(path)
@@ -767,10 +922,15 @@ def run_train(overrides: dict[str, Any], *, resume: Optional[str] = None,
             raise ConfigError(f'data={str(path)!r} has a different vocabulary from the checkpoint')
         if values['steps'] < state['step']:
             raise ConfigError(f'steps={values["steps"]} is less than the checkpoint\'s step ({state["step"]})')
-    # The labml experiment
+    # The labml experiment: rank 0 records it; the other processes run one that writes nothing
     comment = f'resumed from step {state["step"]}' if state else ''
-    experiment.create(name=EXPERIMENT_NAME, python_file=__file__, comment=comment,
-                      writers=labml_writers if labml_writers is not None else writers())
+    if D.is_main_process():
+        experiment.create(name=EXPERIMENT_NAME, python_file=__file__, comment=comment,
+                          writers=labml_writers if labml_writers is not None else writers())
+    else:
+        experiment.evaluate()
+    # The run's folder, as rank 0 named it
+    run_dir = D.broadcast_object(lab.get_experiments_path() / EXPERIMENT_NAME / experiment.get_uuid())
     # Per-layer metrics are tracked but not printed. (We don't call `tracker.reset()`: in labml
     # 0.5.3 a second call fails, as it consumes labml's default indicator settings.)
     tracker.set_scalar('route.*', is_print=False)
@@ -779,12 +939,12 @@ def run_train(overrides: dict[str, Any], *, resume: Optional[str] = None,
     conf = Configs()
     experiment.configs(conf, explicit)
     # Run it
-    run_dir = lab.get_experiments_path() / EXPERIMENT_NAME / experiment.get_uuid()
     with experiment.start():
         result = train(conf, run_dir=run_dir, state=state)
-    # Show the sample
-    print(f'\n--- sample ---\n{result.sample}\n---')
-    print(f'checkpoint: {result.checkpoint}')
+    # Show the sample, once
+    if D.is_main_process():
+        print(f'\n--- sample ---\n{result.sample}\n---')
+        print(f'checkpoint: {result.checkpoint}')
     #
     return result
 
@@ -854,6 +1014,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument('--prompt', default='It is', help='the text to continue')
     args = parser.parse_args(argv)
     try:
+        # Under torchrun, `train` joins the other processes first (nothing to join in a single process)
+        if args.command == 'train':
+            D.init_from_env()
         # `--resume steps=10`: the optional RUN of `--resume` took a setting
         if getattr(args, 'resume', None) and '=' in args.resume and not Path(args.resume).exists():
             args.settings.insert(0, args.resume)
@@ -864,7 +1027,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             if args.data is not None:
                 settings['data'] = args.data
             resume = settings.pop('resume', None) or args.resume
-            run_train(settings, resume=resume)
+            # Rank 0 prints; the other processes' screen output (labml's banner, progress) goes nowhere
+            with open(os.devnull, 'w') as devnull, \
+                    contextlib.redirect_stdout(sys.stdout if D.is_main_process() else devnull):
+                run_train(settings, resume=resume)
         else:
             # `sample` takes a few settings of its own
             known = {'checkpoint', 'length', 'temperature', 'seed', 'device'}
@@ -878,9 +1044,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                               device=settings.get('device', 'auto'))
             print(text)
     except (ConfigError, DataError) as e:
-        # One line, no traceback
-        print(f'error: {e}', file=sys.stderr)
+        # One line, no traceback. With several processes every one raised the same error: rank 0 prints it
+        if D.is_main_process():
+            print(f'error: {e}', file=sys.stderr)
+        # ... before any of them exits (torchrun stops the others as soon as one exits)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
         return 2
+    finally:
+        # Leave the process group, if torchrun started this process
+        D.shutdown()
     return 0
 
 

@@ -1,0 +1,139 @@
+"""
+The experiment on several processes: torchrun (as `python -m torch.distributed.run`) starts
+2 CPU processes that talk over gloo on loopback, running the real command line in a
+temporary folder. One 2-process run of 10 steps is shared by the tests below.
+"""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from labml_nn_switch import experiment as ex
+from labml_nn_switch.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO.parent / 'shared' / 'data' / 'tiny_shakespeare.txt'
+
+# A model small enough for a few seconds of CPU; dropout and jitter, so that resuming needs every rank's RNG
+TINY = dict(n_layers=2, d_model=32, n_heads=2, d_ff=64, n_experts=4, seq_len=32, batch_size=8,
+            optimizer='adam', learning_rate=3e-3, warmup=5, log_interval=5, eval_interval=5, eval_batches=2,
+            sample_length=20, checkpoint_interval=10, dropout=0.1, expert_dropout=0.1, jitter_eps=0.05,
+            data=str(SHAKESPEARE))
+SETTINGS = [f'{k}={v}' for k, v in TINY.items()]
+
+pytestmark = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f'{SHAKESPEARE} is not here')
+
+
+def torchrun(workdir: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node 2 -m labml_nn_switch.experiment train ARGS` in `workdir`."""
+    # One thread per process: two cores are shared with other work
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}
+    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        env.pop(key, None)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', str(nproc),
+           '-m', 'labml_nn_switch.experiment', 'train', *args]
+    # A bug must fail the test, not hang the suite
+    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=240)
+
+
+def runs(workdir: Path) -> list[Path]:
+    """The run folders labml made, oldest first."""
+    folder = workdir / 'logs' / ex.EXPERIMENT_NAME
+    return sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns) if folder.is_dir() else []
+
+
+@pytest.fixture(scope='module')
+def first(tmp_path_factory):
+    """10 steps on 2 processes: the folder, the run, its checkpoint and what the command printed."""
+    workdir = tmp_path_factory.mktemp('two_processes')
+    proc = torchrun(workdir, *SETTINGS, 'steps=10')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = runs(workdir)
+    return workdir, run, load_checkpoint(run / 'checkpoints' / 'checkpoint.pt'), proc
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_rank_0_writes_one_checkpoint(first):
+    workdir, run, state, proc = first
+    # One run folder, one checkpoint in it, no download
+    assert [p.name for p in (run / 'checkpoints').iterdir()] == ['checkpoint.pt']
+    assert (run / 'log.jsonl').is_file() and not (workdir / 'data').exists()
+    # Rank 0 alone printed the sample
+    assert proc.stdout.count('--- sample ---') == 1
+    # The checkpoint: the step, the world size, a random state per rank (seeded differently)
+    assert state['step'] == 10 and state['world_size'] == 2
+    assert len(state['rng_ranks']) == 2
+    assert not torch.equal(state['rng_ranks'][0]['torch'], state['rng_ranks'][1]['torch'])
+    # The single-process layout: all 4 experts of each layer, and their Adam moments
+    key = 'transformer.layers.0.feed_forward.experts.w1'
+    assert state['model'][key].shape == (4, 32, 64)
+    moments = [s['exp_avg'] for s in state['optimizer']['state'].values()]
+    assert (4, 32, 64) in [tuple(m.shape) for m in moments]
+    # Learning: evaluations every 5 steps, the validation loss falls from about log(65)
+    history = state['history']
+    assert [h['step'] for h in history] == [5, 10]
+    assert history[-1]['loss.valid'] < history[0]['loss.valid'] < math.log(65)
+    # Routing over the global batch: rows of fractions summing to one
+    assert all(abs(sum(row) - 1) < 1e-5 and len(row) == 4 for row in history[-1]['route_fraction'])
+
+
+@pytest.mark.slow
+def test_resume_on_two_processes_continues_exactly(first):
+    """10 steps, resume to 20 on 2 processes == 20 steps straight on 2 processes, bit for bit."""
+    workdir, run, _, _ = first
+    resumed = torchrun(workdir, '--resume', str(run), 'steps=20')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = torchrun(workdir, *SETTINGS, 'steps=20')
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    # The first run, the resumed one, the straight one
+    assert len(runs(workdir)) == 3
+    a, b = (load_checkpoint(r / 'checkpoints' / 'checkpoint.pt') for r in runs(workdir)[1:])
+    assert a['step'] == b['step'] == 20
+    for name, value in b['model'].items():
+        assert torch.equal(value, a['model'][name]), name
+    for s, t in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        assert torch.equal(s['exp_avg'], t['exp_avg']) and torch.equal(s['exp_avg_sq'], t['exp_avg_sq'])
+    assert a['sampler'] == b['sampler'] and a['history'] == b['history']
+    # The loss kept falling after the resume
+    assert [h['step'] for h in a['history']] == [5, 10, 15, 20]
+    assert a['history'][-1]['loss.valid'] < a['history'][1]['loss.valid']
+
+
+@pytest.mark.slow
+def test_two_process_checkpoint_samples_in_one_process(first, monkeypatch):
+    workdir, run, state, _ = first
+    monkeypatch.chdir(workdir)
+    # An ordinary model takes the gathered weights as they are
+    model = ex.build_model(state['config'], n_vocab=len(state['itos']))
+    model.load_state_dict(state['model'])
+    # `sample` rebuilds it from the checkpoint
+    text = ex.run_sample(checkpoint=str(run), prompt='It is', length=15, temperature=1.0, seed=3)
+    assert text.startswith('It is') and len(text) == len('It is') + 15
+
+
+@pytest.mark.slow
+def test_resume_on_another_number_of_processes_is_a_clear_error(first, monkeypatch, capsys):
+    workdir, run, _, _ = first
+    monkeypatch.chdir(workdir)
+    # One process, a checkpoint of two
+    assert ex.main(['train', '--resume', str(run), 'steps=20']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == 'error: the checkpoint was saved by 2 process(es); resume it on as many (this run has 1)'
+
+
+def test_n_experts_not_divisible_by_the_processes_is_one_clear_error(tmp_path):
+    proc = torchrun(tmp_path, *SETTINGS, 'n_experts=3', 'steps=5')
+    assert proc.returncode != 0
+    # Rank 0 printed it, once; the other rank said nothing
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert errors == ['error: n_experts=3 is not divisible by the number of processes (2): '
+                      'each process holds an equal share of the experts']
+    # No traceback from our code (torchrun adds its own report of the failed processes)
+    assert f'File "{REPO / "labml_nn_switch"}' not in proc.stderr
+    # Nothing was started
+    assert proc.stdout.strip() == '' and not (tmp_path / 'logs').exists()
