@@ -49,7 +49,8 @@ class SeedLoopSwitch(nn.Module):
     """
     The per-expert loop of the seed implementation (labml_nn's `SwitchFeedForward`),
     with its token dropping made deterministic (first come, first served) and the
-    dropped tokens' output set to zero, so it computes what ours does.
+    dropped tokens' output set to zero, so it computes what ours does. Like the seed
+    it also gives what the load-balancing loss needs; we return that loss.
     """
 
     def __init__(self, *, d_model: int, d_ff: int, n_experts: int, capacity_factor: float):
@@ -67,13 +68,16 @@ class SeedLoopSwitch(nn.Module):
         route_prob_max, routes = torch.max(route_prob, dim=-1)
         indexes_list = [torch.eq(routes, i).nonzero(as_tuple=True)[0] for i in range(self.n_experts)]
         final_output = x.new_zeros(x.shape)
+        counts = x.new_tensor([len(indexes_list[i]) for i in range(self.n_experts)])
         capacity = int(self.capacity_factor * len(x) / self.n_experts)
         indexes_list = [idx[:capacity] for idx in indexes_list]
         expert_output = [self.experts[i](x[indexes_list[i], :]) for i in range(self.n_experts)]
         for i in range(self.n_experts):
             final_output[indexes_list[i], :] = expert_output[i]
         final_output = final_output * route_prob_max.view(-1, 1)
-        return final_output.view(seq_len, batch_size, d_model)
+        # The seed's experiment computes the load-balancing loss from these
+        load_balancing_loss = self.n_experts * (counts / len(x) * route_prob.sum(0) / len(x)).sum()
+        return final_output.view(seq_len, batch_size, d_model), load_balancing_loss
 
 
 def build(name: str, size: tuple[int, int, int, int], device: torch.device) -> nn.Module:
@@ -99,13 +103,15 @@ def make_input(size, device, seed=0) -> torch.Tensor:
 
 
 def step(module: nn.Module, x: torch.Tensor, backward: bool, autocast: bool) -> None:
-    """One forward (and backward) pass."""
+    """One forward (and backward) pass; the Switch candidates add $0.01$ times their load-balancing loss."""
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=autocast):
         out = module(x)
-        if isinstance(out, tuple):
-            out = out[0]
+    aux = 0.0
+    if isinstance(out, tuple):
+        out, extra = out
+        aux = 0.01 * (extra.load_balancing_loss if hasattr(extra, "load_balancing_loss") else extra)
     if backward:
-        out.float().square().mean().backward()
+        (out.float().square().mean() + aux).backward()
 
 
 def sync(device: torch.device) -> None:
@@ -228,6 +234,28 @@ def print_row(row: dict) -> None:
                   f"{r['ratio_to_loop']:8.2f} {mem_s} {ratio_s}")
 
 
+def profile_table(size, device: torch.device, *, steps: int = 10, rows: int = 15) -> str:
+    """
+    Where the time of our layer's forward+backward goes, from `torch.profiler`: the
+    operators with the most time of their own, and the dense FFN's matmul time for scale.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    x = make_input(size, device).requires_grad_()
+    tables = []
+    for name in ("switch", "dense"):
+        module = build(name, size, device)
+        for _ in range(3):
+            step(module, x, True, autocast=False)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                for p in module.parameters():
+                    p.grad = None
+                step(module, x, True, autocast=False)
+        tables.append(f"{name}, {steps} forward+backward passes:\n\n"
+                      + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+    return "\n\n".join(tables)
+
+
 def markdown_table(rows: list[dict], meta: dict) -> str:
     """The figures as a Markdown table, for the site's Performance page."""
     lines = [f"Forward+backward, median of {meta['repeats']} interleaved runs; {meta['device']} "
@@ -268,6 +296,9 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--no-thp", action="store_true", help="do not set THP_MEM_ALLOC_ENABLE=1")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing, write torch.profiler tables of switch and dense per size "
+                             "to OUT's folder as bench_layer_profile.txt")
     parser.add_argument("--measure-memory", nargs=2, metavar=("CANDIDATE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -279,6 +310,14 @@ def main() -> None:
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     device = torch.device(args.device)
+    if args.profile:
+        text = "\n\n".join(f"## tokens, d_model, d_ff, experts = {size}\n\n{profile_table(size, device)}"
+                             for size in args.sizes)
+        path = args.out.with_name("bench_layer_profile.txt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        print(text + f"\n\nwrote {path}")
+        return
     rows = []
     for size in args.sizes:
         for autocast in ([False, True] if device.type == "cuda" else [False]):

@@ -23,27 +23,21 @@ if "--no-thp" not in sys.argv:
 
 import torch  # noqa: E402
 
-from labml_nn_switch.experiment import PRESETS, AutoregressiveModel, train_step  # noqa: E402
-from labml_nn_switch.transformer import build_transformer  # noqa: E402
+from labml_nn_switch.experiment import SETTINGS, Configs, build_model, resolve, train_step  # noqa: E402
 from machine import machine_meta  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"
 N_VOCAB = 65  # Tiny Shakespeare's characters
 
 
-def build(kind: str, preset: dict, device: torch.device):
-    """The experiment's model and an Adam optimiser with a constant schedule."""
+def build(kind: str, device: torch.device):
+    """The experiment's model (its own `build_model`, the `labml` preset's settings) and Adam, constant rate."""
     torch.manual_seed(0)
-    switch_options = dict(capacity_factor=preset["capacity_factor"], drop_tokens=preset["drop_tokens"]) \
-        if kind == "switch" else {}
-    transformer = build_transformer(kind=kind, n_layers=preset["n_layers"], d_model=preset["d_model"],
-                                    n_heads=preset["n_heads"], d_ff=preset["d_ff"], n_experts=preset["n_experts"],
-                                    dropout=preset["dropout"], **switch_options)
-    model = AutoregressiveModel(n_vocab=N_VOCAB, d_model=preset["d_model"], max_len=preset["seq_len"],
-                                transformer=transformer).to(device)
+    settings = {**{k: getattr(Configs, k).value for k in SETTINGS}, **resolve({"preset": "labml", "model": kind})}
+    model = build_model(settings, n_vocab=N_VOCAB).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    return model, optimizer, scheduler
+    return model, optimizer, scheduler, settings
 
 
 def main() -> None:
@@ -59,22 +53,22 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     autocast = device.type == "cuda"
-    preset = PRESETS["labml"]
-    seq_len, batch_size = preset["seq_len"], preset["batch_size"]
+    kinds = ["switch", "dense"]
+    runs = {kind: build(kind, device) for kind in kinds}
+    settings = runs["switch"][3]
+    seq_len, batch_size = settings["seq_len"], settings["batch_size"]
     g = torch.Generator().manual_seed(0)
     data = torch.randint(N_VOCAB, (seq_len + 1, batch_size), generator=g).to(device)
     x, y = data[:-1], data[1:]
-    kinds = ["switch", "dense"]
-    runs = {kind: build(kind, preset, device) for kind in kinds}
     times = {kind: [] for kind in kinds}
     for i in range(args.warmup + args.repeats):
         for kind in kinds:
-            model, optimizer, scheduler = runs[kind]
+            model, optimizer, scheduler, settings = runs[kind]
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            train_step(model, optimizer, scheduler, x, y, lb_alpha=0.01, z_loss_coef=0.0, grad_clip=1.0,
-                       autocast=autocast)
+            train_step(model, optimizer, scheduler, x, y, lb_alpha=settings["lb_alpha"],
+                       z_loss_coef=settings["z_loss_coef"], grad_clip=settings["grad_clip"], autocast=autocast)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= args.warmup:

@@ -55,7 +55,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import torch
+# Large tensors on huge pages: PyTorch's CPU allocator asks for them when
+# `THP_MEM_ALLOC_ENABLE=1` is set before torch is loaded. A fresh gradient of
+# all experts (`[n_experts, d_model, d_ff]`) is allocated every step, and on
+# 4 KiB pages its page faults can cost more than its arithmetic. (Set it to 0
+# to turn it off; it does nothing if torch was imported before this module.)
+os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+
+import torch  # noqa: E402
 import torch.nn.functional as F
 from labml import experiment, lab, monit, tracker
 from labml.configs import BaseConfigs, option

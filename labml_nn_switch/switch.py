@@ -402,7 +402,9 @@ class SwitchFeedForward(nn.Module):
         # $p_{i^*}(x) E_{i^*}(x)$, in sorted order: `[n_tokens, d_model]`
         y = y * weight[:, None]
         # Undo the sort: the output of sorted place $k$ goes back to token `order[k]`
-        out = torch.empty_like(y).index_copy(0, plan.order, y)
+        # (in place into a new tensor: `order` covers every row, and the out-of-place
+        # `index_copy` would first copy the empty tensor)
+        out = torch.empty_like(y).index_copy_(0, plan.order, y)
 
         # #### Losses and statistics
         result = RoutingResult(
