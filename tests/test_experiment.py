@@ -15,19 +15,14 @@ import torch
 from labml_nn_switch import experiment as ex
 from labml_nn_switch.checkpoint import load_checkpoint
 from labml_nn_switch.transformer import build_transformer
+from shared_text import SHAKESPEARE, needs_text
 
 REPO = Path(__file__).resolve().parents[1]
-# The shared copy of the text (never committed); TINY_SHAKESPEARE overrides where it is
-SHAKESPEARE = Path(os.environ.get('TINY_SHAKESPEARE', REPO.parent / 'shared' / 'data' / 'tiny_shakespeare.txt'))
 
 # A model small enough for a few seconds of CPU
 TINY = dict(n_layers=2, d_model=32, n_heads=2, d_ff=64, n_experts=4, seq_len=32, batch_size=8,
             optimizer='adam', learning_rate=3e-3, warmup=5, log_interval=5, eval_interval=10, eval_batches=2,
             sample_length=20)
-
-# Skipped without the text, except in CI (CI=true), where the text must be there
-needs_text = pytest.mark.skipif(not SHAKESPEARE.is_file() and os.environ.get('CI') != 'true',
-                                reason=f'{SHAKESPEARE} is not here')
 
 
 @pytest.fixture(autouse=True)

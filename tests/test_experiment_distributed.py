@@ -15,9 +15,9 @@ import torch
 
 from labml_nn_switch import experiment as ex
 from labml_nn_switch.checkpoint import load_checkpoint
+from shared_text import SHAKESPEARE, needs_text
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / 'shared' / 'data' / 'tiny_shakespeare.txt'
 
 # A model small enough for a few seconds of CPU; dropout and jitter, so that resuming needs every rank's RNG
 TINY = dict(n_layers=2, d_model=32, n_heads=2, d_ff=64, n_experts=4, seq_len=32, batch_size=8,
@@ -26,7 +26,7 @@ TINY = dict(n_layers=2, d_model=32, n_heads=2, d_ff=64, n_experts=4, seq_len=32,
             data=str(SHAKESPEARE))
 SETTINGS = [f'{k}={v}' for k, v in TINY.items()]
 
-pytestmark = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f'{SHAKESPEARE} is not here')
+pytestmark = needs_text
 
 
 def torchrun(workdir: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
