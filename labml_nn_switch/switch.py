@@ -117,7 +117,7 @@ class Router(nn.Module):
         if not 0.0 <= jitter_eps < 1.0:
             raise ValueError(f"jitter_eps must be in [0, 1), got jitter_eps={jitter_eps}")
         self.jitter_eps = jitter_eps
-        # $W_r$: `[n_experts, d_model]`, no bias. Kept in float32 (see `forward`).
+        # $W_r$: `[n_experts, d_model]`, no bias. Whatever its storage dtype, `forward` computes with it in float32.
         self.weight = nn.Parameter(torch.empty(n_experts, d_model))
         truncated_normal_(self.weight, fan_in=d_model, scale=init_scale)
 
