@@ -7,7 +7,7 @@ PY := .venv/bin/python
 # mkdocs-material announces MkDocs 2 in a box on every build; we know
 export NO_MKDOCS_2_WARNING := 1
 
-.venv/.installed: pyproject.toml scripts/setup.sh
+.venv/.installed: pyproject.toml mkdocs-literate/pyproject.toml scripts/setup.sh
 	scripts/setup.sh dev
 	touch $@
 

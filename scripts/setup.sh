@@ -31,6 +31,8 @@ else
     || pip install --quiet --index-url https://download.pytorch.org/whl/cpu "torch>=2.4"
 fi
 
-# The project itself, editable, with its extras; torch is already satisfied.
+# The literate site generator, a distribution of its own in this repository,
+# then the project itself, editable, with its extras; torch is already satisfied.
+pip install --quiet -e ./mkdocs-literate
 pip install --quiet -e ".[$extras]"
 echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

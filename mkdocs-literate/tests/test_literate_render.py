@@ -1,5 +1,5 @@
 """
-The renderer of the literate generator (labml_nn_switch/literate/render.py)
+The renderer of the literate generator (mkdocs-literate/mkdocs_literate/render.py)
 and the plugin's links: TeX survives the site's Markdown, code keeps its text
 and line numbers, names link to real anchors, links in notes resolve.
 """
@@ -14,9 +14,9 @@ import pytest
 from mkdocs.config import load_config
 from mkdocs.utils.meta import get_data
 
-from labml_nn_switch.literate.render import (
+from mkdocs_literate.render import (
     Linker, code_html, fill_code, highlight_lines, page_markdown)
-from labml_nn_switch.literate.sections import parse
+from mkdocs_literate.sections import parse
 from site_fixtures import ROOT, mkdocs_build, parse_page, resolve_link, write_project
 
 

@@ -16,7 +16,7 @@ plugins:
         - path: labml_nn_switch          # a package: every module in it
           nav: Model                     # its section in the navigation
           order: [__init__, mha, switch] # these first, the rest by name
-        - path: labml_nn_switch/literate # a more specific path takes its modules
+        - path: mkdocs-literate/mkdocs_literate # a more specific path takes its modules
           nav: Site generator
 ```
 

@@ -1,5 +1,5 @@
 """
-The parser of the literate generator (labml_nn_switch/literate/sections.py):
+The parser of the literate generator (mkdocs-literate/mkdocs_literate/sections.py):
 small cases for each rule, then a property test on generated sources whose
 every line is labelled by the generator (code, note, docstring, blank), so the
 expected result does not come from the parser's own logic.
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labml_nn_switch.literate.sections import ParseError, parse
+from mkdocs_literate.sections import ParseError, parse
 
 ROOT = Path(__file__).resolve().parent.parent
 
