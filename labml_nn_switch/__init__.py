@@ -44,6 +44,7 @@ _EXPORTS = {
     "Router": "switch",
     "RoutingResult": "switch",
     "DispatchPlan": "switch",
+    "SwitchConfig": "switch",
     "SwitchFeedForward": "switch",
     "load_balancing_loss": "switch",
     "plan_dispatch": "switch",
@@ -68,6 +69,6 @@ def __getattr__(name: str):
 if TYPE_CHECKING:
     from .feed_forward import Experts, FeedForward
     from .mha import MultiHeadAttention, subsequent_mask
-    from .switch import (DispatchPlan, Router, RoutingResult, SwitchFeedForward, load_balancing_loss,
+    from .switch import (DispatchPlan, Router, RoutingResult, SwitchConfig, SwitchFeedForward, load_balancing_loss,
                          plan_dispatch, router_z_loss)
     from .transformer import SwitchTransformer, SwitchTransformerLayer, TransformerRouting, build_transformer

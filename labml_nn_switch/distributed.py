@@ -143,6 +143,7 @@ NCCL runs it on GPUs, gloo on CPUs.
 """
 
 import copy
+import dataclasses
 import importlib
 import os
 from dataclasses import dataclass
@@ -154,7 +155,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .feed_forward import Experts
-from .switch import DispatchPlan, SwitchFeedForward, grouped_mm_supported, plan_dispatch
+from .switch import DispatchPlan, SwitchConfig, SwitchFeedForward, grouped_mm_supported, plan_dispatch
 
 
 # ## Process groups
@@ -361,18 +362,6 @@ def slice_experts(experts: Experts, first: int, last: int) -> Experts:
     return sliced.train(experts.training)
 
 
-def switch_config(ff: SwitchFeedForward) -> dict[str, Any]:
-    """
-    The constructor options of a Switch layer, read back from the layer
-    (`init_scale` only shapes the initial weights, and is not kept).
-    """
-    return dict(d_model=ff.d_model, d_ff=ff.experts.w2.shape[1], n_experts=ff.n_experts,
-                capacity_factor=ff.capacity_factor, eval_capacity_factor=ff.eval_capacity_factor,
-                min_capacity=ff.min_capacity, drop_tokens=ff.drop_tokens, batch_prioritized=ff.batch_prioritized,
-                scale_by_gate=ff.scale_by_gate, jitter_eps=ff.router.jitter_eps, expert_dropout=ff.experts.dropout.p,
-                activation=ff.experts.activation, bias=ff.experts.b1 is not None)
-
-
 class ExpertParallelSwitchFeedForward(SwitchFeedForward):
     """
     ## The expert-parallel Switch layer
@@ -385,17 +374,12 @@ class ExpertParallelSwitchFeedForward(SwitchFeedForward):
     all-to-all.
     """
 
-    def __init__(self, *, d_model: int, d_ff: int, n_experts: int,
-                 capacity_factor: float = 1.25, eval_capacity_factor: float = 2.0, min_capacity: int = 0,
-                 drop_tokens: bool = True, batch_prioritized: bool = False, scale_by_gate: bool = True,
-                 jitter_eps: float = 0.0, expert_dropout: float = 0.1, activation: str = "relu",
-                 bias: bool = True, init_scale: float = 0.1, group: Any = None):
+    def __init__(self, config: SwitchConfig | None = None, /, *, group: Any = None, **options):
         r"""
-        * `d_model`, `d_ff`, `capacity_factor`, `eval_capacity_factor`, `min_capacity`: as for
-          [`SwitchFeedForward`](switch.py), and the same on every rank
-        * `drop_tokens`, `batch_prioritized`, `scale_by_gate`, `jitter_eps`: likewise
-        * `expert_dropout`, `activation`, `bias`, `init_scale`: likewise
-        * `n_experts`: the number of experts $N$ over **all** ranks; a multiple of the world size
+        * `config`: the layer's [`SwitchConfig`](switch.py), the same on every
+          rank; its `n_experts` is the number of experts $N$ over **all** ranks,
+          a multiple of the world size
+        * `options`: or the configuration's fields as keyword arguments
         * `group`: the process group the experts are spread over (`None`: all ranks)
 
         The whole bank of $N$ experts is drawn and this rank keeps its slice,
@@ -405,11 +389,8 @@ class ExpertParallelSwitchFeedForward(SwitchFeedForward):
         # The group must exist before anything is built
         rank, world_size = require_process_group(group)
         # The single-process layer: checks the options, builds the router and all $N$ experts
-        super().__init__(d_model=d_model, d_ff=d_ff, n_experts=n_experts, capacity_factor=capacity_factor,
-                         eval_capacity_factor=eval_capacity_factor, min_capacity=min_capacity,
-                         drop_tokens=drop_tokens, batch_prioritized=batch_prioritized, scale_by_gate=scale_by_gate,
-                         jitter_eps=jitter_eps, expert_dropout=expert_dropout, activation=activation, bias=bias,
-                         init_scale=init_scale)
+        super().__init__(config, **options)
+        n_experts = self.config.n_experts
         # Each rank holds the same number of experts
         if n_experts % world_size:
             raise ValueError(f"n_experts={n_experts} is not divisible by the world size {world_size}: "
@@ -424,7 +405,7 @@ class ExpertParallelSwitchFeedForward(SwitchFeedForward):
         # Keep only them
         self.experts = slice_experts(self.experts, *self.expert_slice)
         # Every rank must have built the same layer
-        check_same_on_all_ranks({**switch_config(self), "world_size": world_size},
+        check_same_on_all_ranks({**dataclasses.asdict(self.config), "world_size": world_size},
                                 what="the Switch layer's configuration", group=group)
 
     @classmethod
@@ -438,7 +419,7 @@ class ExpertParallelSwitchFeedForward(SwitchFeedForward):
         """
         # Build one with the same options (its own initial weights are replaced below)
         with torch.random.fork_rng(devices=[]):
-            ep = cls(**switch_config(ff), group=group)
+            ep = cls(ff.config, group=group)
         # A copy of the router, the replicated part (its device, dtype and weights)
         ep.router = copy.deepcopy(ff.router)
         # A copy of this rank's experts
@@ -449,7 +430,7 @@ class ExpertParallelSwitchFeedForward(SwitchFeedForward):
     def extra_repr(self) -> str:
         """What `print(model)` shows: which experts this rank holds."""
         first, last = self.expert_slice
-        return (f"n_experts={self.n_experts}, rank={self.rank}, world_size={self.world_size}, "
+        return (f"n_experts={self.config.n_experts}, rank={self.rank}, world_size={self.world_size}, "
                 f"experts={first}..{last - 1}")
 
     # ### Running the experts, across ranks
@@ -584,7 +565,7 @@ def expert_parallel(model: nn.Module, *, group: Any = None) -> nn.Module:
     layers = [(name, m) for name, m in model.named_modules()
               if isinstance(m, SwitchFeedForward) and not isinstance(m, ExpertParallelSwitchFeedForward)]
     # The ranks must hold the same layers before any layer starts exchanging
-    check_same_on_all_ranks({name: switch_config(m) for name, m in layers}, what="the model's Switch layers",
+    check_same_on_all_ranks({name: dataclasses.asdict(m.config) for name, m in layers}, what="the model's Switch layers",
                             group=group)
     for name, ff in layers:
         # The module holding the layer, and the layer's name in it
@@ -740,9 +721,9 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, st
                 continue
             # The full bank, `[N, ...]`
             full = state[key]
-            if full.shape[0] != layer.n_experts:
+            if full.shape[0] != layer.config.n_experts:
                 raise ValueError(f"{key} has {full.shape[0]} experts in the checkpoint but the layer has "
-                                 f"n_experts={layer.n_experts}")
+                                 f"n_experts={layer.config.n_experts}")
             # This rank's slice
             state[key] = full[first:last]
     model.load_state_dict(state, strict=strict)
@@ -798,7 +779,7 @@ def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Opti
             first, last = owner[id(p)].expert_slice
             # `[N, ...]` state becomes this rank's `[E, ...]`
             s = {k: v[first:last] if torch.is_tensor(v) and v.dim() > 0 and v.shape[1:] == p.shape[1:]
-                 and v.shape[0] == owner[id(p)].n_experts else v for k, v in s.items()}
+                 and v.shape[0] == owner[id(p)].config.n_experts else v for k, v in s.items()}
         sliced[i] = s
     optimizer.load_state_dict({"state": sliced, "param_groups": state["param_groups"]})
 

@@ -47,6 +47,7 @@ which a checkpoint would not restore).
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -73,6 +74,7 @@ from labml_nn_switch.checkpoint import (CHECKPOINT_FILE, find_checkpoint, latest
                                         rng_state, save_checkpoint, set_rng_state)
 from labml_nn_switch.data import (DataError, WindowSampler, char_dataset, find_text_file, fixed_windows, load_text,
                                   split_text)
+from labml_nn_switch.switch import SwitchConfig
 from labml_nn_switch.transformer import SwitchTransformer, TransformerRouting, build_transformer
 
 # The name of the experiment: its runs go to `logs/switch_shakespeare/<run uuid>/`
@@ -278,15 +280,11 @@ def build_model(settings: dict[str, Any], *, n_vocab: int) -> AutoregressiveMode
     the model here, training from its `Configs`, sampling from a checkpoint's settings.
     """
     s = settings
-    # Switch options only for a Switch model
-    switch_options = dict(capacity_factor=s['capacity_factor'], eval_capacity_factor=s['eval_capacity_factor'],
-                          drop_tokens=s['drop_tokens'], batch_prioritized=s['batch_prioritized'],
-                          jitter_eps=s['jitter_eps'], expert_dropout=s['expert_dropout'])
+    # The Switch layers' one configuration, from the settings that name its fields
+    config = SwitchConfig(**{f.name: s[f.name] for f in dataclasses.fields(SwitchConfig) if f.name in s})
     # The transformer
-    transformer = build_transformer(kind=s['model'], n_layers=s['n_layers'], d_model=s['d_model'],
-                                    n_heads=s['n_heads'], d_ff=s['d_ff'], n_experts=s['n_experts'],
-                                    dropout=s['dropout'], activation=s['activation'],
-                                    **(switch_options if s['model'] == 'switch' else {}))
+    transformer = build_transformer(config, kind=s['model'], n_layers=s['n_layers'], n_heads=s['n_heads'],
+                                    dropout=s['dropout'])
     # With embeddings and readout
     return AutoregressiveModel(n_vocab=n_vocab, d_model=s['d_model'], max_len=s['seq_len'], transformer=transformer)
 

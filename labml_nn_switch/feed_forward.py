@@ -58,7 +58,7 @@ def is_gated(activation: str) -> bool:
 
 def check_activation(activation: str) -> None:
     """Raise a `ValueError` naming `activation` if we do not know it."""
-    if activation not in ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not one of {sorted(ACTIVATIONS)}")
 
 
@@ -93,16 +93,35 @@ def truncated_normal_(weight: torch.Tensor, *, fan_in: int, scale: float) -> tor
         return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
 
 
-def _check_sizes(*, d_model: int, d_ff: int, dropout: float, activation: str, init_scale: float) -> None:
-    # Each bad value names itself, so a wrong config is found at once.
-    if d_model < 1:
-        raise ValueError(f"d_model must be >= 1, got d_model={d_model}")
-    if d_ff < 1:
-        raise ValueError(f"d_ff must be >= 1, got d_ff={d_ff}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
-    if init_scale <= 0:
-        raise ValueError(f"init_scale must be > 0, got init_scale={init_scale}")
+def check_int(name: str, value, *, minimum: int) -> None:
+    r"""Raise a `ValueError` naming `name` unless `value` is an integer (not a bool) $\ge$ `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
+
+
+def check_float(name: str, value, *, low: float, high: float = math.inf, low_open: bool = False,
+                high_open: bool = True) -> None:
+    """
+    Raise a `ValueError` naming `name` unless `value` is a finite real number in
+    the interval from `low` to `high` (each end open or closed as asked).
+    """
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a finite number in {interval}, got {name}={value!r}")
+
+
+def check_sizes(*, d_model: int, d_ff: int, dropout: float, activation: str, init_scale: float,
+                dropout_name: str = "dropout") -> None:
+    """
+    The checks every FFN needs, each bad value named, so a wrong config is
+    found at once rather than deep inside a forward pass.
+    """
+    check_int("d_model", d_model, minimum=1)
+    check_int("d_ff", d_ff, minimum=1)
+    check_float(dropout_name, dropout, low=0.0, high=1.0)
+    check_float("init_scale", init_scale, low=0.0, low_open=True)
     check_activation(activation)
 
 
@@ -125,7 +144,7 @@ class FeedForward(nn.Module):
         * `init_scale`: $s$ of the truncated normal initialisation (`truncated_normal_`)
         """
         super().__init__()
-        _check_sizes(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation, init_scale=init_scale)
+        check_sizes(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation, init_scale=init_scale)
         self.d_model = d_model
         self.d_ff = d_ff
         self.activation = activation
@@ -186,9 +205,8 @@ class Experts(nn.Module):
           (section 3, "expert dropout") fine-tunes with 0.4 here and 0.1 elsewhere.
         """
         super().__init__()
-        _check_sizes(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation, init_scale=init_scale)
-        if n_experts < 1:
-            raise ValueError(f"n_experts must be >= 1, got n_experts={n_experts}")
+        check_sizes(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation, init_scale=init_scale)
+        check_int("n_experts", n_experts, minimum=1)
         self.n_experts = n_experts
         self.activation = activation
         d_hidden = 2 * d_ff if is_gated(activation) else d_ff

@@ -45,14 +45,107 @@ The file imports nothing but torch and [`feed_forward.py`](feed_forward.py):
 copy both into your project.
 """
 
-import math
+import dataclasses
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .feed_forward import Experts, truncated_normal_
+try:
+    from .feed_forward import Experts, check_float, check_int, check_sizes, truncated_normal_
+except ImportError:  # copied into a project as two plain files, side by side
+    from feed_forward import Experts, check_float, check_int, check_sizes, truncated_normal_
+
+
+@dataclass(frozen=True)
+class SwitchConfig:
+    r"""
+    ## The configuration of a Switch layer
+
+    Every option of the layer, declared once, typed and checked when it is
+    made (as nanoGPT's `GPTConfig`). The layer keeps it as `layer.config`; the
+    [expert-parallel layer](distributed.py), the
+    [model builder](transformer.py), the experiment's settings and its
+    checkpoints all use this one class. It is frozen: a changed copy is
+    `dataclasses.replace(config, capacity_factor=1.0)`.
+    """
+    # The number of features of a token
+    d_model: int
+    # The hidden size of each expert
+    d_ff: int
+    # The number of experts $N$
+    n_experts: int
+    # The capacity factor in training (the paper uses 1.0 to 1.25)
+    capacity_factor: float = 1.25
+    # The capacity factor in evaluation (`model.eval()`): larger, since dropping
+    # a token at test time only costs quality
+    eval_capacity_factor: float = 2.0
+    # A floor under the capacity $C$, for batches too small for the formula
+    min_capacity: int = 0
+    # `False` for *dropless* routing: no capacity, no token dropped
+    drop_tokens: bool = True
+    # Drop the least confident tokens first instead of the latest (batch prioritized routing)
+    batch_prioritized: bool = False
+    # Multiply each expert's output by its gate $p_{i^*}(x)$, as the paper does.
+    # With `False` the output is multiplied by $p_{i^*}(x) / \mathrm{stopgrad}(p_{i^*}(x)) = 1$
+    # instead, which keeps the gradient path to the router (labml_nn's `is_scale_prob=False`)
+    scale_by_gate: bool = True
+    # $\epsilon$ of the router's multiplicative input jitter, in $[0, 1)$ (0 turns it off)
+    jitter_eps: float = 0.0
+    # Dropout on the experts' hidden layer (the paper's *expert dropout*, section 2.4:
+    # 0.4 inside the experts and 0.1 elsewhere when fine-tuning)
+    expert_dropout: float = 0.1
+    # The experts' activation: `relu`, `gelu`, `silu`, or a gated `reglu`, `geglu`, `swiglu`
+    activation: str = "relu"
+    # Whether the experts' linear layers have biases (off, as in the paper and T5)
+    bias: bool = False
+    # $s$ of the truncated normal initialisation of router and experts (section 2.3: 0.1)
+    init_scale: float = 0.1
+
+    def __post_init__(self):
+        """Check every field, each bad value named; this is the only place they are checked."""
+        check_sizes(d_model=self.d_model, d_ff=self.d_ff, dropout=self.expert_dropout, activation=self.activation,
+                    init_scale=self.init_scale, dropout_name="expert_dropout")
+        check_int("n_experts", self.n_experts, minimum=1)
+        check_int("min_capacity", self.min_capacity, minimum=0)
+        check_float("capacity_factor", self.capacity_factor, low=0.0, low_open=True)
+        check_float("eval_capacity_factor", self.eval_capacity_factor, low=0.0, low_open=True)
+        check_float("jitter_eps", self.jitter_eps, low=0.0, high=1.0)
+        for name in ("drop_tokens", "batch_prioritized", "scale_by_gate", "bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {name}={getattr(self, name)!r}")
+
+    def capacity(self, n_tokens: int, *, training: bool) -> int | None:
+        r"""
+        ### Expert capacity
+
+        $$C = \max\Big(\Big\lfloor \frac{T \cdot \text{capacity factor}}{N} \Big\rfloor,\ C_{min}\Big)$$
+
+        with the training or the evaluation factor; `None` when dropless. A
+        factor of $1$ leaves no slack: any imbalance drops tokens. The factor is
+        taken as the decimal number it is written as (`Fraction(repr(1.2))` is
+        exactly $6/5$), so the floor is exact: $T = 35$, $N = 3$ and a factor
+        of $1.2$ give $\lfloor 42 / 3 \rfloor = 14$, where floating point
+        ($35 \cdot 1.2 = 41.99\ldots$) would give 13.
+        """
+        if not self.drop_tokens:
+            return None
+        factor = Fraction(repr(float(self.capacity_factor if training else self.eval_capacity_factor)))
+        return max(int(n_tokens * factor // self.n_experts), self.min_capacity)
+
+
+def switch_config(config: SwitchConfig | None, options: dict) -> SwitchConfig:
+    """
+    The configuration a constructor was given: a `SwitchConfig`, or its fields
+    as keyword arguments (a `SwitchConfig` plus keywords is a changed copy).
+    """
+    if config is None:
+        return SwitchConfig(**options)
+    if not isinstance(config, SwitchConfig):
+        raise TypeError(f"config must be a SwitchConfig, got {type(config).__name__}")
+    return dataclasses.replace(config, **options) if options else config
 
 
 @dataclass
@@ -114,8 +207,7 @@ class Router(nn.Module):
         * `init_scale`: $s$ of the truncated normal initialisation
         """
         super().__init__()
-        if not 0.0 <= jitter_eps < 1.0:
-            raise ValueError(f"jitter_eps must be in [0, 1), got jitter_eps={jitter_eps}")
+        check_float("jitter_eps", jitter_eps, low=0.0, high=1.0)
         self.jitter_eps = jitter_eps
         # $W_r$: `[n_experts, d_model]`, no bias. Whatever its storage dtype, `forward` computes with it in float32.
         self.weight = nn.Parameter(torch.empty(n_experts, d_model))
@@ -287,67 +379,26 @@ class SwitchFeedForward(nn.Module):
     Takes the place of the FFN in a [transformer layer](transformer.py).
     """
 
-    def __init__(self, *, d_model: int, d_ff: int, n_experts: int,
-                 capacity_factor: float = 1.25, eval_capacity_factor: float = 2.0, min_capacity: int = 0,
-                 drop_tokens: bool = True, batch_prioritized: bool = False, scale_by_gate: bool = True,
-                 jitter_eps: float = 0.0, expert_dropout: float = 0.1, activation: str = "relu",
-                 bias: bool = False, init_scale: float = 0.1):
+    def __init__(self, config: SwitchConfig | None = None, /, **options):
         r"""
-        * `d_model`: the number of features of a token
-        * `d_ff`: the hidden size of each expert
-        * `n_experts`: the number of experts $N$
-        * `capacity_factor`: the capacity factor in training (the paper's 1.0 to 1.25)
-        * `eval_capacity_factor`: the capacity factor in evaluation (`model.eval()`);
-          larger, since dropping a token at test time only costs quality
-        * `min_capacity`: a floor under $C$, for batches too small for the formula
-        * `drop_tokens`: `False` for *dropless* routing: no capacity, no token dropped
-        * `batch_prioritized`: drop the least confident tokens first instead of the latest
-        * `scale_by_gate`: multiply each expert's output by its gate $p_{i^*}(x)$, as the
-          paper does. With `False` the output is unscaled but still multiplied by
-          $p_{i^*}(x) / \mathrm{stopgrad}(p_{i^*}(x)) = 1$, which keeps the gradient
-          path to the router (what labml_nn's `is_scale_prob=False` does).
-        * `jitter_eps`: $\epsilon$ of the router's multiplicative input jitter (0 turns it off)
-        * `expert_dropout`: dropout on the experts' hidden layer
-        * `activation`, `bias`: the experts' activation and whether they have biases
-        * `init_scale`: $s$ of the truncated normal initialisation of router and experts
+        * `config`: a [`SwitchConfig`](#the-configuration-of-a-switch-layer), or
+        * `options`: its fields as keyword arguments,
+          `SwitchFeedForward(d_model=512, d_ff=2048, n_experts=8)`
         """
         super().__init__()
-        # Bad values are caught here, each named, rather than deep inside a forward pass
-        if n_experts < 1:
-            raise ValueError(f"n_experts must be >= 1, got n_experts={n_experts}")
-        if not capacity_factor > 0:
-            raise ValueError(f"capacity_factor must be > 0, got capacity_factor={capacity_factor}")
-        if not eval_capacity_factor > 0:
-            raise ValueError(f"eval_capacity_factor must be > 0, got eval_capacity_factor={eval_capacity_factor}")
-        if min_capacity < 0:
-            raise ValueError(f"min_capacity must be >= 0, got min_capacity={min_capacity}")
-        self.d_model = d_model
-        self.n_experts = n_experts
-        self.capacity_factor = capacity_factor
-        self.eval_capacity_factor = eval_capacity_factor
-        self.min_capacity = min_capacity
-        self.drop_tokens = drop_tokens
-        self.batch_prioritized = batch_prioritized
-        self.scale_by_gate = scale_by_gate
+        # The checked configuration, kept as it is
+        self.config = config = switch_config(config, options)
         # The router $h(x) = W_r x$
-        self.router = Router(d_model=d_model, n_experts=n_experts, jitter_eps=jitter_eps, init_scale=init_scale)
+        self.router = Router(d_model=config.d_model, n_experts=config.n_experts, jitter_eps=config.jitter_eps,
+                             init_scale=config.init_scale)
         # The $N$ experts, their weights stacked
-        self.experts = Experts(n_experts=n_experts, d_model=d_model, d_ff=d_ff, dropout=expert_dropout,
-                               activation=activation, bias=bias, init_scale=init_scale)
+        self.experts = Experts(n_experts=config.n_experts, d_model=config.d_model, d_ff=config.d_ff,
+                               dropout=config.expert_dropout, activation=config.activation, bias=config.bias,
+                               init_scale=config.init_scale)
 
     def capacity(self, n_tokens: int) -> int | None:
-        r"""
-        ### Expert capacity
-
-        $$C = \max\Big(\Big\lfloor \frac{T}{N} \cdot \text{capacity factor} \Big\rfloor,\ C_{min}\Big)$$
-
-        with the training or evaluation factor by the module's mode; `None` when
-        dropless. A factor of $1$ leaves no slack: any imbalance drops tokens.
-        """
-        if not self.drop_tokens:
-            return None
-        factor = self.capacity_factor if self.training else self.eval_capacity_factor
-        return max(math.floor(n_tokens / self.n_experts * factor), self.min_capacity)
+        """$C$ for `n_tokens` tokens in the module's mode (see `SwitchConfig.capacity`)."""
+        return self.config.capacity(n_tokens, training=self.training)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RoutingResult]:
         """
@@ -358,11 +409,12 @@ class SwitchFeedForward(nn.Module):
         if x.dim() not in (2, 3):
             raise ValueError(f"x must be [seq_len, batch_size, d_model] or [n_tokens, d_model], "
                              f"got a tensor of rank {x.dim()} and shape {list(x.shape)}")
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"x has {x.shape[-1]} features in its last dimension but d_model={self.d_model}")
+        d_model = self.config.d_model
+        if x.shape[-1] != d_model:
+            raise ValueError(f"x has {x.shape[-1]} features in its last dimension but d_model={d_model}")
         shape = x.shape
         # Routing treats every token alike: flatten to `[n_tokens, d_model]`
-        x = x.reshape(-1, self.d_model)
+        x = x.reshape(-1, d_model)
         n_tokens = x.shape[0]
 
         # #### Route
@@ -375,8 +427,8 @@ class SwitchFeedForward(nn.Module):
 
         # #### Plan the dispatch
         capacity = self.capacity(n_tokens)
-        plan = plan_dispatch(expert, gate, n_experts=self.n_experts, capacity=capacity,
-                             batch_prioritized=self.batch_prioritized)
+        plan = plan_dispatch(expert, gate, n_experts=self.config.n_experts, capacity=capacity,
+                             batch_prioritized=self.config.batch_prioritized)
 
         # #### Run the experts
         #
@@ -391,7 +443,7 @@ class SwitchFeedForward(nn.Module):
         #
         # The gate of each sorted token, $p_{i^*}(x)$, or $p / \mathrm{stopgrad}(p) = 1$: `[n_tokens]`
         sorted_gate = gate.index_select(0, plan.order)
-        if not self.scale_by_gate:
+        if not self.config.scale_by_gate:
             sorted_gate = sorted_gate / sorted_gate.detach()
         # The weight of each expert output: the gate for a kept token and **zero**
         # for a dropped one, so that a dropped token leaves the layer through the
@@ -465,11 +517,12 @@ class SwitchFeedForward(nn.Module):
         # At least one slot per expert, so that the buffer is never empty
         slots = max(capacity, 1)
         # The slot of each sorted token; dropped ones point at a real slot but add zeros to it
-        slot = (plan.expert * slots + plan.position).clamp(max=self.n_experts * slots - 1)
+        n_experts = self.experts.n_experts
+        slot = (plan.expert * slots + plan.position).clamp(max=n_experts * slots - 1)
         kept_x = torch.where(plan.keep[:, None], x[plan.order], 0.0)
         # `[n_experts * slots, d_model]`, filled with the kept tokens
-        buffer = x.new_zeros(self.n_experts * slots, d_model).index_add(0, slot, kept_x)
+        buffer = x.new_zeros(n_experts * slots, d_model).index_add(0, slot, kept_x)
         # All experts at once: `[n_experts, slots, d_model]`
-        y = self.experts.forward_padded(buffer.view(self.n_experts, slots, d_model))
+        y = self.experts.forward_padded(buffer.view(n_experts, slots, d_model))
         # Each sorted token's output (dropped ones read a slot that the combine step ignores)
-        return y.reshape(self.n_experts * slots, -1)[slot]
+        return y.reshape(n_experts * slots, -1)[slot]

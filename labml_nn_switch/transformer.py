@@ -40,7 +40,7 @@ from torch import nn
 
 from .feed_forward import FeedForward
 from .mha import MultiHeadAttention
-from .switch import RoutingResult, SwitchFeedForward
+from .switch import RoutingResult, SwitchConfig, SwitchFeedForward, switch_config
 
 
 class SwitchTransformerLayer(nn.Module):
@@ -146,38 +146,39 @@ class SwitchTransformer(nn.Module):
         return self.norm(x), routing
 
 
-def build_transformer(*, kind: str = "switch", n_layers: int, d_model: int, n_heads: int, d_ff: int,
-                      n_experts: int = 4, dropout: float = 0.1, activation: str = "relu",
-                      **switch_options) -> SwitchTransformer:
+def build_transformer(config: SwitchConfig | None = None, /, *, kind: str = "switch", n_layers: int, n_heads: int,
+                      dropout: float = 0.1, **options) -> SwitchTransformer:
     """
     ## Build a Switch Transformer or its dense baseline
 
-    * `kind`: `"switch"`, or `"dense"` for the FLOP-matched baseline (one FFN of the same `d_ff`)
-    * `n_layers`, `d_model`, `n_heads`, `d_ff`: the sizes
-    * `n_experts`: $N$ (ignored when dense)
+    * `config`: the Switch layers' [`SwitchConfig`](switch.py) (or its fields as
+      keyword `options`: `d_model=..., d_ff=..., n_experts=...`)
+    * `kind`: `"switch"`, or `"dense"` for the FLOP-matched baseline: one `FeedForward`
+      per layer with the configuration's `d_model`, `d_ff`, `activation`, `bias` and
+      `init_scale` (its routing options are not used)
+    * `n_layers`, `n_heads`: the number of layers and of attention heads
     * `dropout`: dropout of attention weights and sub-layer outputs; also of a dense FFN's hidden layer
-    * `activation`: the FFN activation
-    * `switch_options`: the other arguments of `SwitchFeedForward` (`capacity_factor`,
-      `drop_tokens`, `expert_dropout`, ...), for `kind="switch"` only
 
     Every layer is built anew, so each starts from its own random weights (a
     deep copy of one layer would start them all equal).
     """
     if kind not in ("switch", "dense"):
         raise ValueError(f"kind must be 'switch' or 'dense', got kind={kind!r}")
-    if kind == "dense" and switch_options:
-        raise ValueError(f"options {sorted(switch_options)} apply to kind='switch' only")
-    if n_layers < 1:
-        raise ValueError(f"n_layers must be >= 1, got n_layers={n_layers}")
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
+        raise ValueError(f"n_layers must be an integer >= 1, got n_layers={n_layers!r}")
+    # A dense model needs no expert count; any will do for the one configuration
+    if kind == "dense" and config is None:
+        options.setdefault("n_experts", 1)
+    config = switch_config(config, options)
 
     def feed_forward() -> nn.Module:
         if kind == "dense":
-            return FeedForward(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation)
-        return SwitchFeedForward(d_model=d_model, d_ff=d_ff, n_experts=n_experts, activation=activation,
-                                 **switch_options)
+            return FeedForward(d_model=config.d_model, d_ff=config.d_ff, dropout=dropout,
+                               activation=config.activation, bias=config.bias, init_scale=config.init_scale)
+        return SwitchFeedForward(config)
 
-    layers = [SwitchTransformerLayer(d_model=d_model,
-                                     attn=MultiHeadAttention(d_model=d_model, n_heads=n_heads, dropout=dropout),
+    layers = [SwitchTransformerLayer(d_model=config.d_model,
+                                     attn=MultiHeadAttention(d_model=config.d_model, n_heads=n_heads, dropout=dropout),
                                      feed_forward=feed_forward(), dropout=dropout)
               for _ in range(n_layers)]
     return SwitchTransformer(layers)

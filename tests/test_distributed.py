@@ -458,7 +458,7 @@ def test_no_process_group_is_a_clear_error(single_process):
     with pytest.raises(RuntimeError, match="torch.distributed is not initialised"):
         D.ExpertParallelSwitchFeedForward(d_model=D_MODEL, d_ff=16, n_experts=4)
     with pytest.raises(RuntimeError, match="init_from_env"):
-        D.expert_parallel(build_transformer(n_layers=1, d_model=D_MODEL, n_heads=2, d_ff=16))
+        D.expert_parallel(build_transformer(n_layers=1, d_model=D_MODEL, n_heads=2, d_ff=16, n_experts=4))
 
 
 def test_single_process_helpers_are_no_ops(single_process):

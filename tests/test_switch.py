@@ -1,5 +1,6 @@
 """The Switch layer against an independent, obvious per-expert loop, and its documented rules."""
 
+import dataclasses
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labml_nn_switch import SwitchFeedForward, load_balancing_loss, plan_dispatch, router_z_loss
+from labml_nn_switch import SwitchConfig, SwitchFeedForward, load_balancing_loss, plan_dispatch, router_z_loss
 from labml_nn_switch.feed_forward import activate
 
 
@@ -24,11 +25,11 @@ def reference_switch(ff: SwitchFeedForward, x: torch.Tensor) -> torch.Tensor:
     probs = torch.softmax(xf @ ff.router.weight.to(xf.dtype).T, dim=-1)
     gate, expert = probs.max(dim=-1)
     capacity = ff.capacity(n_tokens)
-    if ff.batch_prioritized:
+    if ff.config.batch_prioritized:
         priority = sorted(range(n_tokens), key=lambda t: -gate[t].item())
     else:
         priority = list(range(n_tokens))
-    kept = {e: [] for e in range(ff.n_experts)}
+    kept = {e: [] for e in range(ff.config.n_experts)}
     for t in priority:
         e = int(expert[t])
         if capacity is None or len(kept[e]) < capacity:
@@ -45,7 +46,7 @@ def reference_switch(ff: SwitchFeedForward, x: torch.Tensor) -> torch.Tensor:
         y = activate(h, ex.activation) @ ex.w2[e]
         if ex.b2 is not None:
             y = y + ex.b2[e]
-        g = gate[idx, None] if ff.scale_by_gate else gate[idx, None] / gate[idx, None].detach()
+        g = gate[idx, None] if ff.config.scale_by_gate else gate[idx, None] / gate[idx, None].detach()
         out = out.index_put((idx,), y * g)
     return out.reshape(x.shape)
 
@@ -177,14 +178,14 @@ def test_batch_prioritized_drops_least_confident():
     with torch.no_grad():
         ff.router.weight.zero_()
         ff.router.weight[0, 0] = 1.0
-    ff.batch_prioritized = True
+    ff.config = dataclasses.replace(ff.config, batch_prioritized=True)
     out, result = ff(x)
     # capacity 10 / 2 = 5; all tokens choose expert 0; the 5 strongest are kept
     assert result.capacity == 5
     kept = (out.abs().sum(-1) > 0).nonzero().flatten().tolist()
     assert kept == sorted(torch.argsort(strength, descending=True)[:5].tolist())
     # Without prioritisation the first five positions are kept
-    ff.batch_prioritized = False
+    ff.config = dataclasses.replace(ff.config, batch_prioritized=False)
     out, _ = ff(x)
     assert (out.abs().sum(-1) > 0).nonzero().flatten().tolist() == [0, 1, 2, 3, 4]
 
@@ -292,7 +293,16 @@ def test_scale_by_gate_false_keeps_router_gradient():
     (dict(capacity_factor=-1.0), "capacity_factor=-1.0"),
     (dict(eval_capacity_factor=0), "eval_capacity_factor=0"),
     (dict(jitter_eps=1.5), "jitter_eps=1.5"),
-    (dict(expert_dropout=1.0), "dropout=1.0"),
+    (dict(expert_dropout=1.0), "expert_dropout=1.0"),
+    (dict(d_model=0), "d_model=0"),
+    (dict(init_scale=0.0), "init_scale=0.0"),
+    (dict(init_scale=-1.0), "init_scale=-1.0"),
+    (dict(capacity_factor=math.inf), "capacity_factor=inf"),
+    (dict(eval_capacity_factor=math.nan), "eval_capacity_factor=nan"),
+    (dict(min_capacity=2.5), "min_capacity=2.5"),
+    (dict(min_capacity=-1), "min_capacity=-1"),
+    (dict(n_experts=True), "n_experts=True"),
+    (dict(drop_tokens="yes"), "drop_tokens='yes'"),
     (dict(activation="tanh"), "activation='tanh'"),
     (dict(d_ff=0), "d_ff=0"),
 ])
@@ -301,6 +311,32 @@ def test_bad_configuration_names_argument_and_value(kwargs, name):
     options.update(kwargs)
     with pytest.raises(ValueError, match=name.replace("(", r"\(").replace(")", r"\)")):
         SwitchFeedForward(**options)
+
+
+def test_config_is_one_checked_object():
+    config = SwitchConfig(d_model=8, d_ff=16, n_experts=4, capacity_factor=1.0)
+    ff = SwitchFeedForward(config)
+    assert ff.config is config
+    # Keywords on top of a config make a changed copy; the original stays as it was
+    assert SwitchFeedForward(config, capacity_factor=2.0).config.capacity_factor == 2.0
+    assert config.capacity_factor == 1.0
+    with pytest.raises(ValueError, match="capacity_factor=0"):
+        SwitchFeedForward(config, capacity_factor=0)
+    with pytest.raises(TypeError, match="SwitchConfig"):
+        SwitchFeedForward({"d_model": 8})
+
+
+@pytest.mark.parametrize("n_tokens, n_experts, factor, expected", [
+    (35, 3, 1.2, 14),      # 35 * 6/5 / 3 = 14 exactly; 35 * 1.2 in floating point is 41.999...
+    (10, 3, 1.0, 3),
+    (100, 8, 1.25, 15),
+    (7, 4, 0.3, 0),
+    (0, 4, 1.25, 0),
+])
+def test_capacity_is_exact(n_tokens, n_experts, factor, expected):
+    config = SwitchConfig(d_model=4, d_ff=4, n_experts=n_experts, capacity_factor=factor, eval_capacity_factor=factor)
+    assert config.capacity(n_tokens, training=True) == expected
+    assert config.capacity(n_tokens, training=False) == expected
 
 
 def test_bad_input_names_what_is_wrong():
