@@ -17,7 +17,7 @@ plugins:
           nav: Model                     # its section in the navigation
           order: [__init__, mha, switch] # these first, the rest by name
         - path: mkdocs-literate/mkdocs_literate # a more specific path takes its modules
-          nav: Site generator
+          nav: Generator
 ```
 
 With no `sources`, every package beside `mkdocs.yml` (a directory with an
