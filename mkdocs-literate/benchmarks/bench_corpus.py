@@ -65,7 +65,7 @@ def build_ours(package: Path, work: Path) -> Path:
     return site
 
 
-def build_pycco(package: Path, work: Path):
+def build_pycco(package: Path, work: Path) -> Path:
     from pycco.main import process
     files = sorted(str(p.relative_to(package.parent)) for p in package.rglob("*.py"))
     cwd = os.getcwd()
@@ -75,14 +75,17 @@ def build_pycco(package: Path, work: Path):
             process(files, preserve_paths=True, outdir=str(work / "pycco"))
     finally:
         os.chdir(cwd)
+    return work / "pycco"
 
 
-# Wall time, and this process's CPU time (steadier on a shared machine).
-def timed(fn, package: Path) -> tuple[float, float]:
+# Wall time, this process's CPU time (steadier on a shared machine), and
+# how many pages were written.
+def timed(fn, package: Path) -> tuple[float, float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         wall, cpu = time.perf_counter(), time.process_time()
-        fn(package, Path(tmp))
-        return time.perf_counter() - wall, time.process_time() - cpu
+        out = fn(package, Path(tmp))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return wall, cpu, len(list(out.rglob("*.html")))
 
 
 def summary(times: list[float]) -> str:
@@ -123,6 +126,7 @@ def main():
         # Alternate, so that a slow spell of the machine hits both.
         ours.append(timed(build_ours, package))
         pycco.append(timed(build_pycco, package))
+    print(f"pages written: ours {ours[0][2]} (with the theme's 404 and home), pycco {pycco[0][2]}")
     for i, clock in enumerate(("wall", "CPU")):
         a, b = [t[i] for t in ours], [t[i] for t in pycco]
         print(f"{clock:>4}: mkdocs-literate (mkdocs build) {summary(a)}")
