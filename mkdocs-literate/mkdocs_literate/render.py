@@ -39,6 +39,7 @@ import yaml
 from pygments.lexers import PythonLexer
 from pygments.token import STANDARD_TYPES, Token
 
+from .notes import protect
 from .sections import Module, Section
 
 
@@ -69,7 +70,7 @@ def _section_markdown(index: int, section: Section) -> str:
     return (
         f'<div class="literate-section{kind}" id="{html.escape(section.anchor)}" markdown>\n'
         f'<div class="literate-notes" markdown>\n\n'
-        f"{section.notes_markdown}\n\n"
+        f"{protect(section.notes_markdown)}\n\n"
         f"</div>\n"
         f"{code_placeholder(index)}\n"
         f"</div>\n"
@@ -89,7 +90,7 @@ def fill_code(page_html: str, blocks: Mapping[int, str]) -> str:
         placeholder = code_placeholder(index)
         if placeholder not in page_html:
             raise ValueError(f"code placeholder of section {index} was lost in Markdown; "
-                             f"is there an unclosed HTML tag in a note?")
+                             f"is there an unclosed HTML tag, or an `&#` in backticks, in a note?")
         page_html = page_html.replace(placeholder, block, 1)
     return page_html
 

@@ -378,5 +378,9 @@ def check_module(file: Path, page: Path) -> dict:
     typeset = squash(" ".join(rendered.formulas))
     broken = [f for f in math if f not in typeset]
     stray = rendered.prose.count("$") - notes.count("\\$")
+    # and the page's blocks are whole: a note never closes what it did not open.
+    page_html = page.read_text(encoding="utf-8")
+    unbalanced = page_html.count("<div") - page_html.count("</div>")
     return {"code_lines": len(numbers), "wrong": wrong, "twice": twice, "missing_code": missing_code,
-            "missing_words": missing_words, "formulas": len(math), "broken": broken, "stray": stray}
+            "missing_words": missing_words, "formulas": len(math), "broken": broken, "stray": stray,
+            "unbalanced": unbalanced}
