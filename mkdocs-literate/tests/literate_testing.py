@@ -223,6 +223,13 @@ class _LiterateParser(HTMLParser):
         self.open.update(marks)
         if "arithmatex" in marks:
             self.math = []
+            # A formula whose TeX was moved to `data-tex` (its text then is a
+            # readable rendering): the TeX is what the notes hold.
+            if attrs.get("data-tex") is not None:
+                left, right = ("\\[", "\\]") if "data-display" in attrs else ("\\(", "\\)")
+                self.math = [left + attrs["data-tex"] + right]
+                self.notes.append(self.math[0])
+                self.open["tex-moved"] += 1
 
     def handle_endtag(self, tag):
         self.notes.append(" ")
@@ -234,10 +241,13 @@ class _LiterateParser(HTMLParser):
             if "arithmatex" in marks and self.math is not None:
                 self.formulas.append("".join(self.math))
                 self.math = None
+                self.open["tex-moved"] = 0
             if open_tag == tag:
                 break
 
     def handle_data(self, data):
+        if self.open["tex-moved"]:
+            return
         if self.open["literate-notes"]:
             self.notes.append(data)
             if self.math is not None:
