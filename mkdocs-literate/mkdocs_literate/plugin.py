@@ -15,9 +15,9 @@ one small job in each.
 
 | event | job |
 |---|---|
-| `on_config` | find the source files, add our Markdown needs, CSS and JavaScript |
+| `on_config` | find the source files, add our Markdown needs, CSS and JavaScript; set up a translation |
 | `on_files` | parse every source file and add its page, in memory, to the site's files |
-| `on_page_markdown` | remember which page is being rendered (for `.py` links) |
+| `on_page_markdown` | remember which page is being rendered (for `.py` links); translate a hand-written page |
 | `on_page_content` | put the highlighted, linked code into the rendered page |
 | `on_post_build` | copy our CSS and JavaScript and MathJax into the site |
 | `on_serve` | make `mkdocs serve` watch the source files |
@@ -46,6 +46,7 @@ from mkdocs.utils import get_relative_url, nest_paths
 from .config import LiterateConfig
 from .render import Linker, code_html, fill_code, highlight_lines, page_markdown
 from .sections import ParseError, parse
+from .translate import Translator
 
 log = get_plugin_logger("literate")
 
@@ -103,7 +104,39 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
             self.line_url = (config.repo_url.rstrip("/")
                              + f"/blob/{self.config.branch}/{{path}}#L{{line}}")
         self.current_file = None
+        self.translator = self._translator(config)
         return config
+
+    # ## Translation
+    #
+    # In another language, notes come from catalogues (see
+    # [translate.py](translate.py)): translated headings carry their English
+    # anchors (`attr_list`), the site lives under `<language>/` of the
+    # original's address, and our stylesheet marks what is not translated yet.
+    # The language switcher's script is added in every language.
+    def _translator(self, config) -> Translator | None:
+        config.extra_css.append(f"{ASSETS}/translate.css")
+        config.extra_javascript.append(f"{ASSETS}/translate.js")
+        language = self.config.language
+        if not language:
+            return None
+        if "attr_list" not in config.markdown_extensions:
+            config.markdown_extensions.append("attr_list")
+        if config.site_url and not config.site_url.rstrip("/").endswith(f"/{language}"):
+            config.site_url = config.site_url.rstrip("/") + f"/{language}/"
+        slugify = config.mdx_configs.get("toc", {}).get("slugify")
+        translator = Translator(self.root, self.config.translations, language, slugify)
+        # Chinese search splits text into words with jieba at build time
+        # (mkdocs-material's search plugin does, when jieba is installed):
+        # teach it the glossary's terms, so that `容量因子` is one word.
+        try:
+            import jieba
+        except ImportError:
+            jieba = None
+        if jieba is not None and language.startswith("zh"):
+            for term in translator.glossary.values():
+                jieba.add_word(term)
+        return translator
 
     # Each configured source gives a list of files; with none configured, each
     # package beside `mkdocs.yml`. A file claimed by two sources goes to the
@@ -188,12 +221,14 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
             if files.get_file_from_path(source.src_uri) is not None:
                 raise PluginError(f"literate: {source.rel_path} would become {source.src_uri}, "
                                   f"which is already a documentation file")
-            file = File.generated(config, source.src_uri, content=page_markdown(module))
+            shown = self.translator.module(module) if self.translator else module
+            file = File.generated(config, source.src_uri, content=page_markdown(shown))
             files.append(file)
             self.page_files[source.module] = file
             self.modules[source.module] = module
             self.texts[source.module] = text
         self.linker = Linker(self.modules)
+        self._translation_warnings()
 
         # Without a `nav` in mkdocs.yml, build one.
         if self.config.nav and not config.nav:
@@ -218,6 +253,8 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
 
             pages = [s.src_uri for s in sorted(members, key=key)]
             title = entry.nav if entry and entry.nav else self.titles[group]
+            if self.translator:
+                title = self.translator.phrase(title)
             nav.append({title: pages})
         return nav
 
@@ -227,7 +264,17 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
     # page; this tells it.
     def on_page_markdown(self, markdown, *, page, config, files):
         self.current_file = page.file
+        if self.translator and page.file.src_uri not in self.by_uri and page.file.abs_src_path:
+            rel_path = Path(page.file.abs_src_path).resolve().relative_to(self.root).as_posix()
+            markdown = self.translator.markdown(rel_path, markdown, page.meta)
+            self._translation_warnings()
         return markdown
+
+    def _translation_warnings(self):
+        if self.translator:
+            for warning in self.translator.warnings:
+                log.warning(warning)
+            self.translator.warnings.clear()
 
     # ## on_page_content
     #
