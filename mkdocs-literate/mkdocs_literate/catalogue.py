@@ -54,7 +54,7 @@ import os
 import re
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -324,27 +324,40 @@ def _field(name: str, text: str) -> str:
 
 # ## The glossary
 #
-# `translations/<language>/glossary.yaml` maps English terms to the terms a
-# reader of that language uses: `expert: 专家`. Translators follow it, the
-# site translates navigation titles with it, and the `status` command checks
-# that a translated paragraph whose English uses a term uses its translation.
-def load_glossary(path: Path) -> dict[str, str]:
+# `translations/<language>/glossary.yaml` has two mappings. `terms` maps
+# English terms to the terms a reader of the language uses (`expert: 专家`):
+# translators follow it, and the `status` command checks that a translated
+# paragraph whose English uses a term (singular or plural, outside code and
+# formulas) contains its translation. `titles` translates the site's own
+# short texts, such as the navigation's section titles.
+@dataclass
+class Glossary:
+    terms: dict[str, str] = field(default_factory=dict)
+    titles: dict[str, str] = field(default_factory=dict)
+
+
+def load_glossary(path: Path) -> Glossary:
     if not path.is_file():
-        return {}
+        return Glossary()
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise CatalogueError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise CatalogueError(f"{path}: a glossary maps English terms to translated terms")
-    return {str(k): v for k, v in data.items()}
+    parts = {}
+    for name in ("terms", "titles"):
+        part = data.get(name) or {} if isinstance(data, dict) else None
+        if not isinstance(part, dict) or not all(isinstance(v, str) for v in part.values()):
+            raise CatalogueError(f"{path}: '{name}' must map English texts to translated texts")
+        parts[name] = {str(k): v for k, v in part.items()}
+    return Glossary(**parts)
 
 
-def glossary_misses(glossary: dict[str, str], english: str, translation: str) -> list[str]:
+def glossary_misses(glossary: Glossary, english: str, translation: str) -> list[str]:
     """The glossary terms used in the English prose whose translation is not in `translation`."""
-    text = prose(english)
+    # Quoted text (a paper's title) is kept in English.
+    text = re.sub(r'"[^"]*"', " ", prose(english))
     misses = []
-    for term, translated in glossary.items():
+    for term, translated in glossary.terms.items():
         pattern = r"(?<![\w-])" + re.escape(term).replace(r"\ ", r"[\s-]+") + r"(?:s|es)?(?![\w-])"
         if re.search(pattern, text, re.I) and translated not in translation:
             misses.append(f"{term} → {translated}")

@@ -134,7 +134,7 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
         except ImportError:
             jieba = None
         if jieba is not None and language.startswith("zh"):
-            for term in translator.glossary.values():
+            for term in translator.glossary.terms.values():
                 jieba.add_word(term)
         return translator
 

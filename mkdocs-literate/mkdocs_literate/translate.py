@@ -89,7 +89,7 @@ class Translator:
 
     # A short text (a navigation title) is translated when the glossary has it.
     def phrase(self, text: str) -> str:
-        return self.glossary.get(text, text)
+        return self.glossary.titles.get(text, text)
 
     # ## A source module
     #
