@@ -15,18 +15,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
+
+# The generator's own test helpers: building with mkdocs, fixture projects,
+# reading built pages.
+sys.path.insert(0, str(ROOT / "mkdocs-literate" / "tests"))
+from literate_testing import (  # noqa: E402,F401
+    MINI_CONFIG, MINI_FILES, PageParser, mkdocs_build, page_file, parse_page, resolve_link, write_project)
 
 
 # ## Building
@@ -34,17 +37,6 @@ ARTIFACTS = ROOT / "test-artifacts"
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
-
-
-def mkdocs_build(config_file: Path, site_dir: Path, *, strict: bool = True,
-                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run `mkdocs build` as a user would, and return the finished process."""
-    cmd = [sys.executable, "-m", "mkdocs", "build", "-f", str(config_file), "-d", str(site_dir)]
-    if strict:
-        cmd.append("--strict")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", **(env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600,
-                          cwd=config_file.parent)
 
 
 @dataclass
@@ -83,139 +75,6 @@ def require_real_site() -> BuiltSite:
     if site.process.returncode != 0:
         pytest.fail(f"mkdocs build --strict failed:\n{site.output}")
     return site
-
-
-# A small project for the generator: a package of three modules that link to
-# each other in notes and in code, with math in the notes.
-MINI_FILES = {
-    "pkg/__init__.py": '''
-        """
-        ---
-        title: Mini package
-        summary: A tiny package for testing.
-        ---
-
-        # Mini
-
-        Read [the layer](layer.py), the [helper](helpers.md#helper) and
-        [the layer class](layer.html#Layer).
-        """
-
-        from .layer import Layer
-        ''',
-    "pkg/helpers.py": r'''
-        r"""
-        ---
-        title: Helpers
-        ---
-
-        Inline $\{a_1, b'\}$ and $a < b$ and $x_i y_j$, and display:
-
-        $$
-        x \\ y_2 = \text{it's}
-        $$
-        """
-
-
-        # ## A helper
-        def helper(x):
-            """Doubles $x$."""
-            return 2 * x
-        ''',
-    "pkg/layer.py": '''
-        """A layer that uses [the helper](helpers.py#helper)."""
-
-        from .helpers import helper
-        from . import helpers
-
-
-        class Layer:
-            """A layer."""
-
-            def forward(self, x):
-                # Use the helper twice
-                return helper(x) + helpers.helper(x)
-        ''',
-    "docs/index.md": '''
-        # Home
-
-        See [Layer](pkg/layer.py#Layer) and $e^{i\\pi} = -1$.
-        ''',
-}
-
-MINI_CONFIG = '''
-    site_name: Mini
-    theme:
-      name: material
-      font: false
-    plugins:
-      - search
-      - literate
-    markdown_extensions:
-      - pymdownx.arithmatex:
-          generic: true
-    validation:
-      anchors: warn
-    '''
-
-
-def write_project(root: Path, files: dict[str, str] | None = None, config: str | None = None,
-                  extra: dict[str, str] | None = None) -> Path:
-    """Write a fixture project under `root`; return its mkdocs.yml."""
-    all_files = dict(MINI_FILES if files is None else files)
-    all_files.update(extra or {})
-    for name, text in all_files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    config_file = root / "mkdocs.yml"
-    config_file.write_text(textwrap.dedent(MINI_CONFIG if config is None else config).lstrip("\n"))
-    return config_file
-
-
-# ## Reading built pages
-
-class PageParser(HTMLParser):
-    """Every id on a page, and every link with its classes."""
-
-    def __init__(self):
-        super().__init__()
-        self.ids: set[str] = set()
-        self.links: list[tuple[str, str]] = []
-        self.resources: list[tuple[str, str]] = []
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if attrs.get("id"):
-            self.ids.add(attrs["id"])
-        if tag == "a" and attrs.get("href") is not None:
-            self.links.append((attrs["href"], attrs.get("class") or ""))
-        if tag in ("script", "img", "iframe", "source") and attrs.get("src"):
-            self.resources.append((tag, attrs["src"]))
-        if tag == "link" and attrs.get("href"):
-            self.resources.append((tag, attrs["href"]))
-
-
-@functools.lru_cache(maxsize=256)
-def parse_page(path: Path) -> PageParser:
-    parser = PageParser()
-    parser.feed(path.read_text(encoding="utf-8"))
-    return parser
-
-
-def page_file(site: Path, url_path: str) -> Path:
-    """The file a site-relative URL path is served from."""
-    path = site / url_path.lstrip("/")
-    if url_path.endswith("/") or path.is_dir():
-        path = path / "index.html"
-    return path
-
-
-def resolve_link(site: Path, page: Path, href: str) -> tuple[Path, str]:
-    """The file and fragment a relative link on `page` points to."""
-    page_url = "http://site/" + page.relative_to(site).as_posix()
-    parts = urlsplit(urljoin(page_url, href))
-    return page_file(site, parts.path), parts.fragment
 
 
 # ## Serving

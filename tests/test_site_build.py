@@ -1,8 +1,9 @@
 """
 The site as a whole: the repository's site builds with `mkdocs build --strict`,
 has a page per module, links and anchors that resolve, search over notes and
-code, MathJax served from the site, and nothing loaded from elsewhere. Then
-the plugin's errors and options, on small fixture projects.
+code, MathJax served from the site, and nothing loaded from elsewhere. (The
+plugin's errors and options are tested on small fixture projects in
+mkdocs-literate/tests.)
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from site_fixtures import (
-    ROOT, mkdocs_build, page_file, parse_page, real_site, require_real_site, resolve_link, write_project)
+from site_fixtures import ROOT, page_file, parse_page, real_site, require_real_site, resolve_link
 
 pytestmark = pytest.mark.slow
 
@@ -120,107 +120,3 @@ def test_literate_pages_carry_title_and_description():
     text = (site / "labml_nn_switch" / "switch" / "index.html").read_text()
     assert re.search(r'<meta name="description" content="[^"]*[Ss]witch', text)
     assert "<title>The Switch layer" in text
-
-
-# ## Fixture projects: errors and options
-
-def build(tmp_path, **kwargs):
-    config = write_project(tmp_path, **kwargs)
-    return mkdocs_build(config, tmp_path / "site")
-
-
-def test_mini_project_builds_strict_with_default_sources(tmp_path):
-    result = build(tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    for page in ("pkg/index.html", "pkg/layer/index.html", "pkg/helpers/index.html"):
-        assert (tmp_path / "site" / page).is_file()
-
-
-def test_broken_link_in_a_note_fails_the_strict_build(tmp_path):
-    result = build(tmp_path, extra={"pkg/extra.py": '"""See [nothing](nothing.md)."""\n'})
-    assert result.returncode != 0
-    assert "nothing.md" in result.stderr + result.stdout
-
-
-def test_broken_anchor_in_a_note_fails_the_strict_build(tmp_path):
-    result = build(tmp_path, extra={"pkg/extra.py": '"""See [no](helpers.py#no_such_name)."""\n'})
-    assert result.returncode != 0
-    assert "no_such_name" in result.stderr + result.stdout
-
-
-def test_unparseable_source_names_file_and_line(tmp_path):
-    result = build(tmp_path, extra={"pkg/bad.py": "x = 1\n\ndef f(:\n    pass\n"})
-    assert result.returncode != 0
-    assert "pkg/bad.py:3:" in result.stderr + result.stdout
-    assert "Traceback" not in result.stderr
-
-
-def test_missing_source_names_itself(tmp_path):
-    config = """
-        site_name: Mini
-        plugins:
-          - literate:
-              sources:
-                - path: no_such_package
-        """
-    result = build(tmp_path, config=config)
-    assert result.returncode != 0
-    assert "no_such_package" in result.stderr + result.stdout
-    assert "Traceback" not in result.stderr
-
-
-def test_missing_module_in_order_names_itself(tmp_path):
-    config = """
-        site_name: Mini
-        plugins:
-          - literate:
-              sources:
-                - path: pkg
-                  order: [layer, no_such_module]
-        """
-    result = build(tmp_path, config=config)
-    assert result.returncode != 0
-    assert "no_such_module" in result.stderr + result.stdout
-
-
-def test_nav_order_sections_and_new_hand_written_pages(tmp_path):
-    config = """
-        site_name: Mini
-        theme:
-          name: mkdocs
-        plugins:
-          - literate:
-              mathjax: false
-              sources:
-                - path: pkg
-                  nav: The package
-                  order: [layer]
-        markdown_extensions:
-          - pymdownx.arithmatex:
-              generic: true
-        """
-    result = build(tmp_path, config=config, extra={"docs/later.md": "# Added later\n"})
-    assert result.returncode == 0, result.stdout + result.stderr
-    home = (tmp_path / "site" / "index.html").read_text()
-    assert "The package" in home and "Added later" in home
-    # `order` first (layer), then the package itself, then the rest by name.
-    positions = [home.index(f'href="{p}"') for p in ("pkg/layer/", "pkg/", "pkg/helpers/")]
-    assert positions == sorted(positions)
-    assert not (tmp_path / "site" / "assets" / "mathjax").exists()
-
-
-def test_serve_watches_the_sources(tmp_path):
-    from mkdocs.config import load_config
-    config_file = write_project(tmp_path)
-    config = load_config(str(config_file))
-    plugin = config.plugins["literate"]
-    config = plugin.on_config(config)
-
-    class Server:
-        watched = []
-
-        def watch(self, path, *args, **kwargs):
-            self.watched.append(Path(path))
-
-    server = plugin.on_serve(Server(), config=config, builder=None)
-    assert (tmp_path / "pkg").resolve() in server.watched

@@ -10,10 +10,12 @@ summary: >
 
 The pages of this site are not written by hand: they are derived from the
 source files, whose comments and docstrings are the notes. This package is the
-generator, an [mkdocs](https://www.mkdocs.org) plugin of three small parts:
+generator, an [mkdocs](https://www.mkdocs.org) plugin of four small parts:
 
 * [sections.py](sections.py) splits a Python file into sections of notes
   and code, and documents the rules a source file follows;
+* [notes.py](notes.py) lets notes follow the conventions literate authors
+  already use (`.html` links to modules, `$$` inside paragraphs);
 * [render.py](render.py) turns sections into a page: notes as Markdown,
   code highlighted with line numbers, names linked to their definitions;
 * [plugin.py](plugin.py) wires it into mkdocs: pages, navigation, assets,

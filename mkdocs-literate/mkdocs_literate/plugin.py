@@ -33,17 +33,15 @@ import importlib.util
 import posixpath
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path, PurePosixPath
 
-from markdown import Extension
-from markdown.treeprocessors import Treeprocessor
 from mkdocs.exceptions import PluginError
 from mkdocs.plugins import BasePlugin, get_plugin_logger
 from mkdocs.structure.files import File
 from mkdocs.utils import get_relative_url, nest_paths
 
 from .config import LiterateConfig
+from .notes import NotesExtension
 from .render import Linker, code_html, fill_code, highlight_lines, page_markdown
 from .sections import ParseError, parse
 from .translate import Translator
@@ -53,6 +51,8 @@ log = get_plugin_logger("literate")
 # Where our files go in the built site.
 ASSETS = "assets/literate"
 MATHJAX = "assets/mathjax"
+# The files beside a module that are images, copied into the site.
+IMAGES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".avif")
 
 
 # ## A source file
@@ -84,11 +84,13 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
         self.by_rel_path = {s.rel_path: s for s in self.sources}
         self.by_uri = {s.src_uri: s for s in self.sources}
 
-        # Notes sit inside HTML blocks, so Markdown must look inside them,
-        # and `.py` links are rewritten before mkdocs checks them.
+        # Notes sit inside HTML blocks, so Markdown must look inside them;
+        # links to modules and display math inside paragraphs need help
+        # (see [notes.py](notes.py)).
         if "md_in_html" not in config.markdown_extensions:
             config.markdown_extensions.append("md_in_html")
-        config.markdown_extensions.append(_PyLinkExtension(self))
+        math = "pymdownx.arithmatex" in config.markdown_extensions
+        config.markdown_extensions.append(NotesExtension(self, math=math))
 
         # Our stylesheet and script; MathJax after the script that
         # configures it.
@@ -185,7 +187,11 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
         return sources
 
     def _source_file(self, file: Path, base: Path, group: int) -> SourceFile:
-        rel_path = file.relative_to(self.root).as_posix() if file.is_relative_to(self.root) else file.name
+        # A source outside the project (an installed package) is named from
+        # the directory that holds it.
+        outer = base.parent
+        rel_path = (file.relative_to(self.root) if file.is_relative_to(self.root)
+                    else file.relative_to(outer)).as_posix()
         module = _module_name(file)
         is_package = file.name == "__init__.py"
         # The name relative to the source: `switch`, `literate.sections`,
@@ -216,8 +222,6 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
                 module = parse(text, source.rel_path, name=source.module, is_package=source.is_package)
             except ParseError as e:
                 raise PluginError(f"literate: {e}") from None
-            for warning in module.warnings:
-                log.warning(warning)
             if files.get_file_from_path(source.src_uri) is not None:
                 raise PluginError(f"literate: {source.rel_path} would become {source.src_uri}, "
                                   f"which is already a documentation file")
@@ -229,11 +233,28 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
             self.texts[source.module] = text
         self.linker = Linker(self.modules)
         self._translation_warnings()
+        self._add_images(files, config)
+        # The `.html` links of notes are checked against the site's files.
+        self.files = files
 
         # Without a `nav` in mkdocs.yml, build one.
         if self.config.nav and not config.nav:
             config.nav = self._nav(files)
         return files
+
+    # Images beside a module (`![](figure.png)` in its notes) go into the
+    # site at the same place relative to its page, so the notes' relative
+    # links find them, and mkdocs checks them like any other link.
+    def _add_images(self, files, config):
+        folders = {(s.path.parent, posixpath.dirname(s.rel_path)) for s in self.sources}
+        for directory, rel_dir in sorted(folders):
+            depth = len(PurePosixPath(rel_dir).parts)
+            src_dir = directory.parents[depth - 1] if depth else directory
+            for image in sorted(directory.iterdir()):
+                uri = posixpath.join(rel_dir, image.name)
+                if image.suffix.lower() in IMAGES and files.get_file_from_path(uri) is None:
+                    files.append(File(uri, src_dir=str(src_dir), dest_dir=config.site_dir,
+                                      use_directory_urls=config.use_directory_urls))
 
     # Hand-written pages first, as mkdocs would list them, then a section per
     # source: modules named in `order` first, then the rest by name.
@@ -343,49 +364,6 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
             if not any(path != other and path.is_relative_to(other) for other in self.watch_paths):
                 server.watch(str(path))
         return server
-
-
-# ## `.py` links in notes
-#
-# A link to `switch.py` (or `switch.py#SwitchFeedForward`) from any page
-# should land on the page rendered from it. So should `switch.html`, the form
-# labml_nn's notes use. This Markdown treeprocessor runs before mkdocs' own
-# link processing (which has priority 0) and rewrites such links to the
-# generated `.md` page; mkdocs then turns that into a URL and checks it like
-# any other link. A link to a file that is not rendered is left alone, and
-# mkdocs reports it.
-class _PyLinks(Treeprocessor):
-    def __init__(self, md, plugin: LiteratePlugin):
-        super().__init__(md)
-        self.plugin = plugin
-
-    def run(self, root):
-        page = self.plugin.current_file
-        if page is None:
-            return
-        here = posixpath.dirname(page.src_uri)
-        for element in root.iter("a"):
-            href = element.get("href")
-            if not href:
-                continue
-            scheme, netloc, path, query, fragment = urlsplit(href)
-            if scheme or netloc or path.startswith("/") or not path.endswith((".py", ".html")):
-                continue
-            stem, _ = posixpath.splitext(posixpath.normpath(posixpath.join(here, path)))
-            source = self.plugin.by_rel_path.get(stem + ".py")
-            if source is None:
-                continue
-            new_path = posixpath.relpath(source.src_uri, here or ".")
-            element.set("href", urlunsplit(("", "", new_path, query, fragment)))
-
-
-class _PyLinkExtension(Extension):
-    def __init__(self, plugin: LiteratePlugin):
-        super().__init__()
-        self.plugin = plugin
-
-    def extendMarkdown(self, md):
-        md.treeprocessors.register(_PyLinks(md, self.plugin), "literate_py_links", 2)
 
 
 # ## Helpers

@@ -37,8 +37,9 @@ sections. It never imports the file: it reads it with
 6. **Blank lines** between code lines of a section are kept; blank lines at
    the edges of a section are the gaps between sections and are dropped.
    Every code line keeps its **original line number**.
-7. Docstrings may use triple single or triple double quotes, may be raw
-   (an `r` prefix, the way to write TeX) and may fit on one line. A docstring
+7. Docstrings may use triple single or triple double quotes and may fit on
+   one line. The notes show a docstring **as it is written in the file**, raw
+   or not: TeX such as `\frac` or `\theta` needs no `r` prefix. A docstring
    is lifted into the notes only when it sits on lines of its own (no code
    before or after it on those lines); otherwise it stays code.
 8. A file that does not parse stops with a `ParseError` naming `path:line`.
@@ -55,6 +56,7 @@ import inspect
 import io
 import re
 import tokenize
+import warnings
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -133,7 +135,6 @@ class Module:
     * `imports` maps each imported name to `(module, attribute)`: `attribute`
       is `None` for `import a.b as c`, and the imported name for
       `from a import b`.
-    * `warnings` are problems that do not stop parsing, as `path:line: text`.
     """
 
     path: str
@@ -144,7 +145,6 @@ class Module:
     sections: list[Section]
     names: dict[str, str] = field(default_factory=dict)
     imports: dict[str, tuple[str, str | None]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
 
 
 # ## Parsing a file
@@ -166,8 +166,12 @@ def parse(source: str, path: str = "<string>", *, name: str | None = None,
 
     # The syntax tree finds docstrings and definitions, and its `SyntaxError`
     # gives the line of the first problem.
+    # Invalid escapes (`"\e"` in TeX) are no concern of ours, since docstrings
+    # are read as written; Python's warnings about them are silenced.
     try:
-        tree = ast.parse(source, filename=path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
+            tree = ast.parse(source, filename=path)
     except SyntaxError as e:
         raise ParseError(path, e.lineno, e.msg) from None
 
@@ -180,20 +184,10 @@ def parse(source: str, path: str = "<string>", *, name: str | None = None,
 
     # The module docstring may carry front matter; it is taken off the notes.
     meta: dict = {}
-    warnings: list[str] = []
     module_doc = docstrings.get(0)
     if module_doc is not None:
         meta, text = _front_matter(module_doc.text, path, module_doc.start)
         _replace_note(owner[0], module_doc.text, text)
-
-    # Docstrings whose escapes made control characters (`\t` in `\theta`!)
-    # lost their TeX: warn, so that a strict build stops and the author adds
-    # an `r` prefix.
-    for doc in docstrings.values():
-        if doc.escaped:
-            warnings.append(
-                f"{path}:{doc.start}: an escape in this docstring made a control character "
-                f"(is it TeX, like \\theta?); write it as a raw string: r\"\"\"...\"\"\"")
 
     # Give every section an anchor, unique within the page.
     _assign_anchors(sections)
@@ -210,7 +204,6 @@ def parse(source: str, path: str = "<string>", *, name: str | None = None,
         sections=sections,
         names=names,
         imports=_imports(tree, name, is_package),
-        warnings=warnings,
     )
 
 
@@ -227,14 +220,12 @@ class _Definition:
 
 
 # A docstring that will be lifted into the notes: its first and last line, its
-# cleaned text, which definition it belongs to (`0` for the module) and
-# whether it was written with escapes that change its text.
+# text as written, without its common indentation.
 @dataclass
 class _Docstring:
     start: int
     end: int
     text: str
-    escaped: bool
 
 
 def _definitions_and_docstrings(tree: ast.Module, lines: list[str]):
@@ -269,8 +260,7 @@ def _definitions_and_docstrings(tree: ast.Module, lines: list[str]):
 
 # A docstring is the first statement of a body when it is a string constant.
 # It is lifted only when nothing else shares its first or last line: in
-# `def f(): "doc"` it stays in the code. `ast` counts columns in UTF-8 bytes,
-# hence the encoding.
+# `def f(): "doc"` it stays in the code.
 def _lifted_docstring(node, lines: list[str]) -> _Docstring | None:
     body = getattr(node, "body", None)
     if not body:
@@ -280,37 +270,39 @@ def _lifted_docstring(node, lines: list[str]) -> _Docstring | None:
             and isinstance(first.value.value, str)):
         return None
     start, end = first.lineno, first.end_lineno
+    # `ast` counts columns in UTF-8 bytes, hence the encoding.
     before = lines[start - 1].encode("utf-8")[:first.col_offset]
     after = lines[end - 1].encode("utf-8")[first.end_col_offset:]
     if before.strip() or after.strip():
         return None
     # `inspect.cleandoc` removes the common indentation, as `help()` does.
-    text = inspect.cleandoc(first.value.value)
-    return _Docstring(start, end, text, _has_escapes(first, lines))
+    text = inspect.cleandoc(_as_written(first, lines))
+    return _Docstring(start, end, text)
 
 
-# Did an escape turn TeX into a control character? `"\theta"` is a tab and
-# `heta`, `"\frac"` a form feed and `rac`. Read the same literal again as a
-# raw string and count control characters (other than newlines) in both: more
-# in the docstring's value means an escape made them. Escapes that give the
-# intended text (`\\min` for `\min`) are fine. Strings made of several
-# literals are not checked.
-def _has_escapes(expr: ast.Expr, lines: list[str]) -> bool:
-    literal = "\n".join(lines[expr.lineno - 1:expr.end_lineno]).strip()
-    # The string prefix: the letters before the first quote (`r`, `u`, `R`).
-    prefix = re.match(r"[A-Za-z]*", literal).group(0)
-    if "\\" not in literal or "r" in prefix.lower():
-        return False
-    try:
-        as_raw = ast.literal_eval("r" + literal[len(prefix):])
-    except (SyntaxError, ValueError):
-        # Not a single literal (or ends in a backslash): leave it alone.
-        return False
-    return isinstance(as_raw, str) and _controls(expr.value.value) > _controls(as_raw)
+# The notes show a docstring as its author typed it, not as Python evaluates
+# it. Most literate authors write TeX in plain (not raw) docstrings, and
+# Python's escapes would eat it: `"\frac"` starts with a form feed, `"\theta"`
+# with a tab, `"\nabla"` with a newline. So the text between the quotes is
+# taken from the source itself; only a docstring made of several literals
+# (`"a" "b"`) falls back to its value.
+_STRING = re.compile(r"([rRuU]{0,2})('''|\"\"\"|'|\")(.*)\2", re.S)
 
 
-def _controls(text: str) -> int:
-    return sum(1 for ch in text if ch != "\n" and (ord(ch) < 32 or ord(ch) == 127))
+def _as_written(expr: ast.Expr, lines: list[str]) -> str:
+    # The literal's text, from its first column to its last (`ast` counts
+    # columns in UTF-8 bytes).
+    first, last = expr.lineno - 1, expr.end_lineno - 1
+    start = lines[first].encode("utf-8")[expr.col_offset:].decode("utf-8")
+    if first == last:
+        literal = lines[first].encode("utf-8")[expr.col_offset:expr.end_col_offset].decode("utf-8")
+    else:
+        end = lines[last].encode("utf-8")[:expr.end_col_offset].decode("utf-8")
+        literal = "\n".join([start, *lines[first + 1:last], end])
+    match = _STRING.fullmatch(literal)
+    if match is None or match.group(2) in match.group(3):
+        return expr.value.value
+    return match.group(3)
 
 
 # ## Which lines are notes

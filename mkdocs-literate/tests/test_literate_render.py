@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 
 import markdown
 import pytest
@@ -17,19 +18,17 @@ from mkdocs.utils.meta import get_data
 from mkdocs_literate.render import (
     Linker, code_html, fill_code, highlight_lines, page_markdown)
 from mkdocs_literate.sections import parse
-from site_fixtures import ROOT, mkdocs_build, parse_page, resolve_link, write_project
-
-
-def strip_tags(text: str) -> str:
-    return html.unescape(re.sub(r"<[^>]+>", "", text))
+from literate_testing import mkdocs_build, parse_page, resolve_link, strip_tags, write_project
 
 
 # ## Notes through the site's own Markdown
 
 @pytest.fixture(scope="module")
-def site_markdown():
-    """A Markdown converter with the extensions of the repository's mkdocs.yml."""
-    config = load_config(str(ROOT / "mkdocs.yml"))
+def site_markdown(tmp_path_factory):
+    """A Markdown converter with the extensions of a fixture project's mkdocs.yml."""
+    config = load_config(str(write_project(tmp_path_factory.mktemp("md"))))
+    # What the plugin adds to Markdown (md_in_html, its notes extension).
+    config = config.plugins.on_config(config)
     return lambda: markdown.Markdown(extensions=config.markdown_extensions,
                                      extension_configs=config.mdx_configs)
 
@@ -56,6 +55,9 @@ x = 1
 def arithmatex_texts(page_html: str) -> list[str]:
     return [html.unescape(t) for t in re.findall(
         r'<(?:span|div) class="arithmatex">(.*?)</(?:span|div)>', page_html, re.S)]
+
+
+GENERATOR = Path(__file__).resolve().parents[1] / "mkdocs_literate"
 
 
 def test_tex_survives_the_sites_markdown(site_markdown):
@@ -118,8 +120,7 @@ def test_highlighted_lines_match_the_source(source):
     assert [strip_tags(line) for line in lines] == expected
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "labml_nn_switch").rglob("*.py")),
-                         ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("path", sorted(GENERATOR.rglob("*.py")), ids=lambda p: p.name)
 def test_highlighted_real_modules_match_the_source(path):
     source = path.read_text(encoding="utf-8")
     lines = highlight_lines(source)

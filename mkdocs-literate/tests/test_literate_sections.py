@@ -8,7 +8,9 @@ expected result does not come from the parser's own logic.
 from __future__ import annotations
 
 import ast
+import inspect
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -315,7 +317,6 @@ def test_docstring_styles(docstring, expected):
     s = m.sections[0]
     assert s.notes == [expected]
     assert [t.strip() for _, t in code_of(s)] == ["def f():", "return 1"]
-    assert m.warnings == []
 
 
 def test_docstring_sharing_a_line_with_code_stays_code():
@@ -324,12 +325,30 @@ def test_docstring_sharing_a_line_with_code_stays_code():
     assert [n for s in m.sections for n, _ in code_of(s)] == [1, 2]
 
 
-def test_escape_that_breaks_tex_is_a_warning_naming_the_line():
-    m = parse('x = 1\ndef f():\n    """$\\theta$"""\n', "w.py")
-    assert len(m.warnings) == 1 and m.warnings[0].startswith("w.py:3:")
-    # Escapes that give the intended text are fine, and so are raw strings.
-    assert parse('def f():\n    """$\\\\min$"""\n').warnings == []
-    assert parse('def f():\n    r"""$\\theta$"""\n').warnings == []
+# Docstrings are taken as written: TeX in a plain (not raw) docstring keeps
+# every backslash, where Python would have made `\f` a form feed, `\t` a tab
+# and `\n` a newline. Escapes that Python would undo (`\\`, `\"`) stay too.
+TEX_AS_WRITTEN = (
+    "\\frac{1}{2} \\theta \\nabla \\nu \\rho \\vec{v} \\alpha \\\\ \\\"q\\\"\n"
+    "\\begin{align}\n"
+    "a &= \\beta \\\\\n"
+    "\\end{align}"
+)
+
+
+@pytest.mark.parametrize("quote", ['"""', "'''", 'u"""', 'r"""', 'R\'\'\''])
+def test_docstrings_are_taken_as_written_in_the_file(quote):
+    body = TEX_AS_WRITTEN.replace("\n", "\n    ")
+    close = quote.lstrip("ruRU")
+    for source in (f"{quote}\n{TEX_AS_WRITTEN}\n{close}\nx = 1\n",
+                   f"def f():\n    {quote}\n    {body}\n    {close}\n    return 1\n"):
+        m = parse(source, "t.py")
+        assert m.sections[0].notes == [TEX_AS_WRITTEN]
+
+
+def test_docstring_of_several_literals_falls_back_to_its_value():
+    m = parse('def f():\n    "a" \\\n    "b"\n    return 1\n')
+    assert m.sections[0].notes == ["ab"]
 
 
 def test_duplicate_definitions_get_unique_anchors():
@@ -530,8 +549,8 @@ def test_property_code_columns_reproduce_every_code_line(labelled):
 # The real modules of this repository, as they are: every line that holds a
 # token other than a comment appears in exactly one section, with its number,
 # unless it is part of a lifted docstring.
-@pytest.mark.parametrize("path", sorted((ROOT / "labml_nn_switch").rglob("*.py")),
-                         ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("path", sorted((ROOT / "mkdocs_literate").rglob("*.py")),
+                         ids=lambda p: p.name)
 def test_real_modules_lose_no_code(path):
     import io
     import tokenize
@@ -554,4 +573,24 @@ def test_real_modules_lose_no_code(path):
                     getattr(node.body[0], "value", None), ast.Constant) and isinstance(node.body[0].value.value, str):
                 docstring_lines.update(range(node.body[0].lineno, node.body[0].end_lineno + 1))
     assert touched - docstring_lines <= set(numbers)
-    assert m.warnings == []
+
+
+# Any docstring, raw or not, reaches the notes as written between its quotes
+# (without its common indentation), whatever escapes Python would see in it.
+TEX_CHARS = st.text(alphabet=st.sampled_from(list("abfnrtv{}_^$|*<0 \\")), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEX_CHARS, st.sampled_from(['"""', "'''", 'r"""', "u'''", '"']))
+def test_property_docstrings_reach_the_notes_as_written(body, quote):
+    close = quote.lstrip("ru")
+    source = f"def f():\n    {quote}{body}{close}\n    return 1\n"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ast.parse(source)
+    except SyntaxError:
+        return  # a backslash before the closing quote: not a docstring at all
+    expected = inspect.cleandoc(body)
+    notes = parse(source, "p.py").sections[0].notes
+    assert notes == ([expected] if expected.strip() else [])

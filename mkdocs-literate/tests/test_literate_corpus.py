@@ -1,0 +1,92 @@
+"""
+The generator on literate Python written by others: every module of
+[labml_nn](https://nn.labml.ai), rendered as it is published, in one real
+`mkdocs build`. For each page: every code line once, with its own number;
+every word of the notes; every formula handed to MathJax intact; no stray `$`.
+
+labml_nn comes with the `corpus` test extra, installed without its
+dependencies (torch and more): the test reads its files as text and never
+imports them. Without it the test is skipped, except in CI, where that fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from literate_testing import check_module, mkdocs_build
+
+pytestmark = pytest.mark.slow
+
+
+def corpus_root() -> Path | None:
+    """The installed `labml_nn` package directory, found without importing it."""
+    spec = importlib.util.find_spec("labml_nn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def require_corpus() -> Path:
+    root = corpus_root()
+    if root is None:
+        reason = "labml-nn is not installed (the corpus test extra, installed with --no-deps)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"the corpus test must run in CI: {reason}")
+        pytest.skip(reason)
+    return root
+
+
+CONFIG = """\
+site_name: labml_nn corpus
+theme:
+  name: mkdocs
+plugins:
+  - literate:
+      sources:
+        - path: {path}
+markdown_extensions:
+  - pymdownx.arithmatex:
+      generic: true
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The corpus's modules and the site built from them: `(root, {rel_path: page})`."""
+    package = require_corpus()
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "docs").mkdir()
+    (root / "docs" / "index.md").write_text("# labml_nn\n")
+    config = root / "mkdocs.yml"
+    config.write_text(CONFIG.format(path=package.as_posix()))
+    result = mkdocs_build(config, root / "site", strict=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pages = {}
+    for file in sorted(package.rglob("*.py")):
+        rel = file.relative_to(package.parent).with_suffix("")
+        page = rel.parent if rel.name == "__init__" else rel
+        pages[file] = root / "site" / page / "index.html"
+    return pages
+
+
+def test_every_labml_nn_module_renders_faithfully(corpus):
+    failures = {}
+    totals = Counter()
+    for file, page in corpus.items():
+        assert page.is_file(), page
+        result = check_module(file, page)
+        totals.update(modules=1, code_lines=result["code_lines"], formulas=result["formulas"],
+                      missing_code=len(result["missing_code"]),
+                      missing_words=sum(result["missing_words"].values()),
+                      broken=len(result["broken"]))
+        problems = {k: v for k, v in result.items()
+                    if k not in ("code_lines", "formulas") and v}
+        if problems:
+            failures[file.name if file.name != "__init__.py" else file.parent.name] = problems
+    print("corpus:", dict(totals))
+    assert not failures, "\n".join(f"{name}: {p}" for name, p in list(failures.items())[:20])
