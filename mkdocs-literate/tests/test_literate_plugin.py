@@ -81,7 +81,7 @@ def test_nav_order_sections_and_new_hand_written_pages(tmp_path):
           name: mkdocs
         plugins:
           - literate:
-              mathjax: false
+              math: false
               sources:
                 - path: pkg
                   nav: The package
@@ -97,7 +97,8 @@ def test_nav_order_sections_and_new_hand_written_pages(tmp_path):
     # `order` first (layer), then the package itself, then the rest by name.
     positions = [home.index(f'href="{p}"') for p in ("pkg/layer/", "pkg/", "pkg/helpers/")]
     assert positions == sorted(positions)
-    assert not (tmp_path / "site" / "assets" / "mathjax").exists()
+    assert not (tmp_path / "site" / "assets" / "literate" / "katex").exists()
+    assert "katex" not in home
 
 
 def test_serve_watches_the_sources(tmp_path):
