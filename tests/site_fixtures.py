@@ -48,10 +48,19 @@ class BuiltSite:
     # `site_url`, which instant navigation needs), started by `serve_real_site`.
     server: http.server.ThreadingHTTPServer
     url: str
+    # The Chinese site (mkdocs.zh.yml), built into `path / "zh"` after the
+    # English one: the English pages' language switcher links to it.
+    zh_process: subprocess.CompletedProcess | None = None
 
     @property
     def output(self) -> str:
-        return self.process.stdout + self.process.stderr
+        processes = [self.process] + ([self.zh_process] if self.zh_process else [])
+        return "".join(p.stdout + p.stderr for p in processes)
+
+    @property
+    def ok(self) -> bool:
+        return self.process.returncode == 0 and self.zh_process is not None \
+            and self.zh_process.returncode == 0
 
 
 @functools.cache
@@ -67,12 +76,15 @@ def real_site() -> BuiltSite:
     url = f"http://127.0.0.1:{server.server_port}"
     start = time.perf_counter()
     process = mkdocs_build(ROOT / "mkdocs.yml", site, env={"SITE_URL": url + "/"})
-    return BuiltSite(site, time.perf_counter() - start, process, server, url)
+    zh = None
+    if process.returncode == 0:
+        zh = mkdocs_build(ROOT / "mkdocs.zh.yml", site / "zh", env={"SITE_URL": url + "/"})
+    return BuiltSite(site, time.perf_counter() - start, process, server, url, zh)
 
 
 def require_real_site() -> BuiltSite:
     site = real_site()
-    if site.process.returncode != 0:
+    if not site.ok:
         pytest.fail(f"mkdocs build --strict failed:\n{site.output}")
     return site
 

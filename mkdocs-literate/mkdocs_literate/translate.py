@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None, out=None) -> int:
     parser.add_argument("--dir", default="translations", help="the catalogues' folder (default: translations)")
     parser.add_argument("--root", default=".", help="the project root, where mkdocs.yml is (default: .)")
     parser.add_argument("--strict", action="store_true", help="status: fail unless every file is 100%% current")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     root = Path(args.root).resolve()
     try:
         translator = Translator(root, args.dir, args.lang)
