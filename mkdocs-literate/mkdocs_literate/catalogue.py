@@ -248,8 +248,10 @@ class Catalogue:
     #
     # `updated` is the catalogue for the current paragraphs `(where, text)`, in
     # page order: current entries as they are, changed paragraphs with their
-    # predecessor's translation marked stale, new ones empty.
-    def updated(self, units: list[tuple[str, str]]) -> Catalogue:
+    # predecessor's translation marked stale, new ones empty. `memory` holds
+    # the entries of the language's other catalogues: a paragraph that moved
+    # from another file (a module split in two) brings its translation along.
+    def updated(self, units: list[tuple[str, str]], memory: dict[str, Entry] | None = None) -> Catalogue:
         keys = {key(text) for _, text in units}
         orphans = {k for k in self.entries if k not in keys}
         used = set(self.entries) - orphans
@@ -258,7 +260,7 @@ class Catalogue:
             k = key(text)
             if k in entries:
                 continue
-            old = self.entries.get(k)
+            old = self.entries.get(k) or (memory or {}).get(k)
             if old is not None:
                 entries[k] = Entry(k, text, old.text, old.stale, old.was, where)
                 continue

@@ -30,7 +30,8 @@ python -m mkdocs_literate.translate status --lang zh [--strict] [PATH ...]
 python -m mkdocs_literate.translate update --lang zh PATH ...
 ```
 
-`status` prints, per file, how many paragraphs are current and, for each one
+`update` also finds the translation of a paragraph that moved from another
+file in the language's other catalogues. `status` prints, per file, how many paragraphs are current and, for each one
 that is not, where it is (`path:line`), why (missing, stale, invalid, or a
 glossary term not used) and how it starts. With `--strict` it exits with
 status 1 unless every file named is 100% current. `update` writes each file's
@@ -52,7 +53,7 @@ from pathlib import Path
 import markdown as markdown_lib
 from markdown.extensions.toc import slugify as default_slugify
 
-from .catalogue import (Catalogue, CatalogueError, glossary_misses, key, load_glossary,
+from .catalogue import (Catalogue, CatalogueError, Entry, glossary_misses, key, load_glossary,
                         paragraphs, problems, translatable)
 from .sections import Module, ParseError, parse
 
@@ -86,6 +87,15 @@ class Translator:
 
     def catalogue(self, rel_path: str) -> Catalogue:
         return Catalogue.load(self.folder / f"{rel_path}.yaml", self.language)
+
+    # Every current entry of the language's catalogues, by key.
+    def memory(self) -> dict[str, Entry]:
+        found = {}
+        for path in sorted(self.folder.rglob("*.yaml")):
+            if path.name != "glossary.yaml":
+                found.update((k, e) for k, e in Catalogue.load(path, self.language).entries.items()
+                             if e.current)
+        return found
 
     # A short text (a navigation title) is translated when the glossary has it.
     def phrase(self, text: str) -> str:
@@ -262,7 +272,7 @@ def update(translator: Translator, rel_path: str, out):
               f"  python -m mkdocs_literate.translate update --lang {translator.language} {rel_path}\n"
               f"then translate the empty entries, check those marked stale against 'was' and\n"
               f"remove their 'stale' and 'was' lines.")
-    cat = translator.catalogue(rel_path).updated(units(translator.root, rel_path))
+    cat = translator.catalogue(rel_path).updated(units(translator.root, rel_path), translator.memory())
     cat.save(header)
     counts = [e.current for e in cat.entries.values()]
     print(f"{cat.path.relative_to(translator.root)}: {sum(counts)}/{len(counts)} current", file=out)

@@ -323,3 +323,16 @@ def test_translated_fixture_site_builds_strict_and_fails_on_a_lost_formula(tmp_p
     result = mkdocs_build(tmp_path / "mkdocs.yml", tmp_path / "site")
     assert result.returncode != 0
     assert "route.py.yaml" in result.stdout + result.stderr
+
+
+def test_a_paragraph_moved_to_another_file_brings_its_translation(tmp_path):
+    project(tmp_path)
+    translate_all(tmp_path)
+    # `drop` moves to a module of its own.
+    (tmp_path / "pkg" / "drop.py").write_text(SOURCE[SOURCE.index("# Drop"):], encoding="utf-8")
+    main(["update", "--root", str(tmp_path), "pkg/drop.py"], out=io.StringIO())
+    out = io.StringIO()
+    main(["status", "--root", str(tmp_path), "pkg/drop.py"], out=out)
+    # Its note is translated; its title (the file name) is new.
+    assert "pkg/drop.py: 1/2 current" in out.getvalue()
+    assert "[title] missing: drop" in out.getvalue()
