@@ -24,7 +24,8 @@ site: setup
 # The home page and the model pages must be fully translated (see
 # translations/README.md); the other pages are shown in English until they are.
 TRANSLATED := docs/index.md labml_nn_switch/__init__.py labml_nn_switch/mha.py \
-	labml_nn_switch/feed_forward.py labml_nn_switch/switch.py labml_nn_switch/transformer.py
+	labml_nn_switch/feed_forward.py labml_nn_switch/switch.py labml_nn_switch/transformer.py \
+	labml_nn_switch/experiment.py
 translations: setup
 	$(PY) -m mkdocs_literate.translate status
 	$(PY) -m mkdocs_literate.translate status --strict $(TRANSLATED) > /dev/null

@@ -20,10 +20,10 @@ from site_fixtures import ROOT, parse_page, require_real_site
 
 ZH = ROOT / "translations" / "zh"
 
-# The pages that must be fully translated: the home page and the model pages.
+# The pages that must be fully translated: the home page, the model pages and the experiment.
 TRANSLATED = ["docs/index.md", "labml_nn_switch/__init__.py", "labml_nn_switch/mha.py",
               "labml_nn_switch/feed_forward.py", "labml_nn_switch/switch.py",
-              "labml_nn_switch/transformer.py"]
+              "labml_nn_switch/transformer.py", "labml_nn_switch/experiment.py"]
 
 
 def catalogues():
