@@ -432,4 +432,3 @@ def _module_name(file: Path) -> str:
 
 def _excluded(short_name: str, exclude: list[str]) -> bool:
     return any(short_name == e or short_name.startswith(e + ".") for e in exclude)
-
