@@ -326,7 +326,10 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
     def on_page_markdown(self, markdown, *, page, config, files):
         self.current_file = page.file
         if self.translator and page.file.src_uri not in self.by_uri and page.file.abs_src_path:
-            rel_path = Path(page.file.abs_src_path).resolve().relative_to(self.root).as_posix()
+            # The catalogue of `docs/index.md` is `translations/<language>/docs/index.md.yaml`.
+            path = Path(page.file.abs_src_path).resolve()
+            rel_path = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) \
+                else page.file.src_uri
             markdown = self.translator.markdown(rel_path, markdown, page.meta)
             self._translation_warnings()
         return markdown
