@@ -1,9 +1,9 @@
 """
 The Chinese site in headless Chromium, served with the English one on
 127.0.0.1 (English at the root, Chinese under /zh/): the header's language
-menu goes to the same page in the other language and back, the formulas of
+menu goes to the same page in the other language (Chinese, Japanese) and back, the formulas of
 the translated page are typeset, search finds the Switch page by a Chinese
-term, and no page asks for anything outside the site or logs an error.
+(or Japanese) term, and no page asks for anything outside the site or logs an error.
 Without Chromium these tests skip, except in CI (CI=true), where they fail.
 """
 
@@ -85,17 +85,24 @@ def test_language_menu_switches_the_switch_page_and_back(page, base_url):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "switch-zh-1400.png"))
 
+    choose_language(page, "ja")
+    assert page.url == f"{base_url}/ja/labml_nn_switch/switch/"
+    page.wait_for_function(MATH_DONE, timeout=30_000)
+    assert page.locator("h1").first.inner_text().startswith("Switch 層")
+
     choose_language(page, "en")
     assert page.url == f"{base_url}/labml_nn_switch/switch/"
     assert page.evaluate("document.documentElement.lang") == "en"
 
 
-def test_chinese_search_finds_the_switch_page(page, base_url):
-    page.goto(f"{base_url}/zh/", wait_until="load")
+@pytest.mark.parametrize("language, term", [("zh", "负载均衡损失"), ("zh", "专家"), ("ja", "エキスパート")])
+def test_search_finds_the_switch_page_by_a_translated_term(page, base_url, language, term):
+    page.goto(f"{base_url}/{language}/", wait_until="load")
     page.click(".md-search__input")
-    page.fill(".md-search__input", "负载均衡损失")
+    page.fill(".md-search__input", term)
     results = page.locator(".md-search-result__item a")
-    results.first.wait_for(timeout=30_000)
+    # The search worker builds its index on the first query: slow on a busy machine.
+    results.first.wait_for(timeout=90_000)
     hrefs = [results.nth(i).get_attribute("href") for i in range(results.count())]
     assert any("labml_nn_switch/switch/" in h for h in hrefs), hrefs
-    assert all("/zh/" in page.evaluate("h => new URL(h, location.href).href", h) for h in hrefs), hrefs
+    assert all(f"/{language}/" in page.evaluate("h => new URL(h, location.href).href", h) for h in hrefs), hrefs

@@ -1,9 +1,11 @@
 """
-The Chinese site and its catalogues: every listed page is 100% translated and
+The translated sites and their catalogues. Chinese: every listed page is 100% translated and
 current (the translate command in strict mode), every formula, code span and
 link target of the English notes is in the Chinese unchanged, the glossary is
 followed, and the built zh site (mkdocs.zh.yml, --strict) shows the
-translations with the English pages' anchors, in Chinese search.
+translations with the English pages' anchors, in Chinese search. Japanese:
+the Switch page, translated and current, the other pages shown in English
+under a notice.
 """
 
 from __future__ import annotations
@@ -99,3 +101,24 @@ def test_zh_search_index_has_chinese_words():
     text = " ".join(d["text"] for d in index["docs"] if d["location"].startswith("labml_nn_switch/switch/"))
     words = set(re.split("[\\s\u200b\u3000\\-、。，．？！；]+", text))
     assert {"专家", "路由器", "容量因子", "负载均衡损失"} <= words
+
+
+# ## Japanese: the Switch page
+
+def test_japanese_switch_page_is_translated_and_current():
+    out = io.StringIO()
+    code = main(["status", "--lang", "ja", "--strict", "--root", str(ROOT), "labml_nn_switch/switch.py"], out=out)
+    assert code == 0, out.getvalue()
+    for entry in Catalogue.load(ROOT / "translations" / "ja" / "labml_nn_switch" / "switch.py.yaml",
+                                "ja").entries.values():
+        assert not protected(entry.en) - protected(entry.text), entry.key
+
+
+@pytest.mark.slow
+def test_japanese_site_has_the_switch_page_and_english_elsewhere():
+    site = require_real_site().path / "ja"
+    switch = (site / "labml_nn_switch" / "switch" / "index.html").read_text(encoding="utf-8")
+    assert '<html lang="ja"' in switch and "エキスパート" in switch
+    assert "literate-untranslated" not in switch
+    mha = (site / "labml_nn_switch" / "mha" / "index.html").read_text(encoding="utf-8")
+    assert "literate-untranslated-page" in mha and "このページはまだ翻訳されていません" in mha
