@@ -1,23 +1,31 @@
 # One command each, from a fresh clone:
-#   make serve   set up .venv, build the annotated site and serve it on http://127.0.0.1:8000
-#   make test    set up .venv and run every test
-#   make site    set up .venv and build the site into site/, the Chinese and Japanese ones into site/zh/, site/ja/ (strict)
+#   make serve   set up what the site needs (no torch), build the annotated site and serve it on http://127.0.0.1:8000
+#   make site    the same, building the site into site/, the Chinese and Japanese ones into site/zh/, site/ja/ (strict)
+#   make test    set up .venv with everything and run every test
 #   make translations   list the paragraphs whose Chinese translation is missing or stale
 #   make quick   set up .venv and train the quick preset of the experiment (more settings: ARGS="key=value ...")
 PY := .venv/bin/python
 # mkdocs-material announces MkDocs 2 in a box on every build; we know
 export NO_MKDOCS_2_WARNING := 1
 
+# Two levels of set-up in the same .venv: the site's (the generator and its
+# theme), and everything (torch, the project, the tests), which includes it.
+.venv/.docs-installed: mkdocs-literate/pyproject.toml scripts/setup.sh
+	scripts/setup.sh docs
+	touch $@
+
 .venv/.installed: pyproject.toml mkdocs-literate/pyproject.toml scripts/setup.sh
 	scripts/setup.sh dev
-	touch $@
+	touch $@ .venv/.docs-installed
+
+setup-docs: .venv/.docs-installed
 
 setup: .venv/.installed
 
-serve: setup
+serve: setup-docs
 	$(PY) -m mkdocs serve
 
-site: setup
+site: setup-docs
 	$(PY) -m mkdocs build --strict
 	$(PY) -m mkdocs build --strict -f mkdocs.zh.yml
 	$(PY) -m mkdocs build --strict -f mkdocs.ja.yml
@@ -27,7 +35,7 @@ site: setup
 TRANSLATED := docs/index.md labml_nn_switch/__init__.py labml_nn_switch/mha.py \
 	labml_nn_switch/feed_forward.py labml_nn_switch/switch.py labml_nn_switch/transformer.py \
 	labml_nn_switch/experiment.py
-translations: setup
+translations: setup-docs
 	$(PY) -m mkdocs_literate.translate status
 	$(PY) -m mkdocs_literate.translate status --strict $(TRANSLATED) > /dev/null
 	$(PY) -m mkdocs_literate.translate status --lang ja --strict labml_nn_switch/switch.py
@@ -38,4 +46,4 @@ test: setup
 quick: setup
 	$(PY) -m labml_nn_switch.experiment train preset=quick $(ARGS)
 
-.PHONY: setup serve site translations test quick
+.PHONY: setup setup-docs serve site translations test quick

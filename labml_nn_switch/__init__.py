@@ -30,45 +30,16 @@ loss = task_loss + 1e-2 * routing.load_balancing_loss
 ```
 """
 
-import importlib
-from typing import TYPE_CHECKING
+# The public API, re-exported from the modules that define it.
+from .feed_forward import Experts, FeedForward
+from .mha import MultiHeadAttention, subsequent_mask
+from .switch import (DispatchPlan, Router, RoutingResult, SwitchConfig, SwitchFeedForward, load_balancing_loss,
+                     plan_dispatch, router_z_loss)
+from .transformer import SwitchTransformer, SwitchTransformerLayer, TransformerRouting, build_transformer
 
-# The public API, by the module that defines each name. The names are imported
-# on first use (PEP 562), so that importing a part that needs no torch, such as
-# the site generator in `literate/`, does not load torch and the model.
-_EXPORTS = {
-    "FeedForward": "feed_forward",
-    "Experts": "feed_forward",
-    "MultiHeadAttention": "mha",
-    "subsequent_mask": "mha",
-    "Router": "switch",
-    "RoutingResult": "switch",
-    "DispatchPlan": "switch",
-    "SwitchConfig": "switch",
-    "SwitchFeedForward": "switch",
-    "load_balancing_loss": "switch",
-    "plan_dispatch": "switch",
-    "router_z_loss": "switch",
-    "SwitchTransformer": "transformer",
-    "SwitchTransformerLayer": "transformer",
-    "TransformerRouting": "transformer",
-    "build_transformer": "transformer",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    """Import `name` from its module the first time it is asked for."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-
-
-# For type checkers, editors and the site's name links: the same names, imported eagerly
-if TYPE_CHECKING:
-    from .feed_forward import Experts, FeedForward
-    from .mha import MultiHeadAttention, subsequent_mask
-    from .switch import (DispatchPlan, Router, RoutingResult, SwitchConfig, SwitchFeedForward, load_balancing_loss,
-                         plan_dispatch, router_z_loss)
-    from .transformer import SwitchTransformer, SwitchTransformerLayer, TransformerRouting, build_transformer
+__all__ = [
+    "DispatchPlan", "Experts", "FeedForward", "MultiHeadAttention", "Router", "RoutingResult",
+    "SwitchConfig", "SwitchFeedForward", "SwitchTransformer", "SwitchTransformerLayer",
+    "TransformerRouting", "build_transformer", "load_balancing_loss", "plan_dispatch",
+    "router_z_loss", "subsequent_mask",
+]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Set up a virtual environment in .venv with the project and its extras.
+# Set up a virtual environment in .venv.
 #
 #   scripts/setup.sh [EXTRAS]      EXTRAS defaults to "dev" (tests + docs + experiment)
+#   scripts/setup.sh docs          only what the site needs: the generator and
+#                                  its theme; no torch, not the project itself
 #
 # PyTorch is installed first and on purpose: a plain `pip install torch` on
 # Linux pulls a CUDA build of several GB. Where no NVIDIA GPU is present we
@@ -18,6 +20,14 @@ fi
 pip() { .venv/bin/python -m pip "$@"; }
 pip install --quiet --upgrade pip
 
+# The literate site generator is a distribution of its own in this
+# repository (mkdocs-literate/); the site needs it and its theme, nothing else.
+if [ "$extras" = docs ]; then
+  pip install --quiet -e "./mkdocs-literate[material,chinese]"
+  echo "setup: done (site only: mkdocs-literate, mkdocs-material and jieba)"
+  exit 0
+fi
+
 if .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "setup: torch $(.venv/bin/python -c 'import torch; print(torch.__version__)') already installed"
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
@@ -31,8 +41,16 @@ else
     || pip install --quiet --index-url https://download.pytorch.org/whl/cpu "torch>=2.4"
 fi
 
-# The literate site generator, a distribution of its own in this repository,
-# then the project itself, editable, with its extras; torch is already satisfied.
+# The generator, then the project itself, editable, with its extras; torch is
+# already satisfied.
 pip install --quiet -e ./mkdocs-literate
 pip install --quiet -e ".[$extras]"
+
+# The generator's corpus test reads labml_nn's modules as text: its `corpus`
+# extra is installed without dependencies (they are torch, torchvision and more).
+if [ "$extras" = dev ]; then
+  corpus=$(.venv/bin/python -c 'import importlib.metadata as m, re
+print(" ".join(re.split(r"\s*;", r)[0] for r in m.requires("mkdocs-literate") or [] if "extra == \"corpus\"" in r))')
+  pip install --quiet --no-deps $corpus
+fi
 echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

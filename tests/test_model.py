@@ -183,16 +183,13 @@ def test_documented_arguments_exist():
         assert documented == params, f"{cls.__name__}: documented {sorted(documented)} vs arguments {sorted(params)}"
 
 
-def test_lazy_exports_match_the_eager_imports():
-    # __init__ lists each public name twice: in _EXPORTS (imported on first use) and
-    # under TYPE_CHECKING (for editors and the site's links). They must agree.
+def test_public_api_is_what_init_imports():
+    # `__all__` lists exactly the names `__init__` imports, each from the module that defines it.
     import labml_nn_switch
     tree = ast.parse((PACKAGE / "__init__.py").read_text())
-    eager = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            for imp in node.body:
-                eager.update({alias.name: imp.module for alias in imp.names})
-    assert eager == labml_nn_switch._EXPORTS
-    for name in labml_nn_switch.__all__:
-        assert getattr(labml_nn_switch, name).__module__ == f"labml_nn_switch.{eager[name]}"
+    imported = {alias.name: node.module for node in tree.body if isinstance(node, ast.ImportFrom)
+                for alias in node.names}
+    assert sorted(labml_nn_switch.__all__) == sorted(imported)
+    for name, module in imported.items():
+        assert getattr(labml_nn_switch, name).__module__ == f"labml_nn_switch.{module}"
+

@@ -51,7 +51,7 @@ def test_nav_lists_the_module_pages_and_hand_written_pages():
     targets = {resolve_link(site.path, home, href)[0] for href, _ in parse_page(home).links}
     for name in ("mha", "feed_forward", "switch", "transformer", "experiment"):
         assert site.path / "labml_nn_switch" / name / "index.html" in targets, name
-    assert site.path / "mkdocs-literate" / "mkdocs_literate" / "sections" / "index.html" in targets
+    assert site.path / "generator" / "sections" / "index.html" in targets
     for doc in (ROOT / "docs").glob("*.md"):
         assert page_file(site.path, "/" if doc.stem == "index" else f"/{doc.stem}/") in targets, doc
 

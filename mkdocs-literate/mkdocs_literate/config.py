@@ -17,7 +17,8 @@ plugins:
           nav: Model                     # its section in the navigation
           order: [__init__, mha, switch] # these first, the rest by name
         - path: mkdocs-literate/mkdocs_literate # a more specific path takes its modules
-          nav: Site generator
+          nav: Generator
+          url: generator                 # its pages at generator/..., not under its path
 ```
 
 With no `sources`, every package beside `mkdocs.yml` (a directory with an
@@ -47,6 +48,10 @@ class SourceConfig(base.Config):
     order = c.ListOfItems(c.Type(str), default=[])
     # Module names or subpackages to leave out.
     exclude = c.ListOfItems(c.Type(str), default=[])
+    # Where its pages go in the site, instead of under its own path:
+    # `url: generator` puts `mkdocs-literate/mkdocs_literate/plugin.py` at
+    # `generator/plugin/` and the package itself at `generator/`.
+    url = c.Optional(c.Type(str))
 
 
 # ## The plugin

@@ -54,8 +54,8 @@ from markdown.util import AtomicString
 #
 # This treeprocessor runs before mkdocs' own link processing (which has
 # priority 0). It needs, from the plugin, the page being rendered
-# (`current_file`), the rendered sources by path (`by_rel_path`) and the
-# site's files (`files`).
+# (`current_file`), the rendered sources by path and by page (`by_rel_path`,
+# `by_uri`) and the site's files (`files`).
 class _ModuleLinks(Treeprocessor):
     def __init__(self, md, plugin):
         super().__init__(md)
@@ -65,7 +65,11 @@ class _ModuleLinks(Treeprocessor):
         page = self.plugin.current_file
         if page is None:
             return
+        # A module's links are relative to its file; the page may be
+        # elsewhere (a source's `url`).
         here = posixpath.dirname(page.src_uri)
+        own = self.plugin.by_uri.get(page.src_uri)
+        file_dir = posixpath.dirname(own.rel_path) if own else here
         for element in root.iter("a"):
             href = element.get("href")
             if not href:
@@ -73,12 +77,12 @@ class _ModuleLinks(Treeprocessor):
             scheme, netloc, path, query, fragment = urlsplit(href)
             if scheme or netloc or path.startswith("/") or not path.endswith((".py", ".html")):
                 continue
-            target = posixpath.normpath(posixpath.join(here, path))
-            source = self._module(target)
+            source = self._module(posixpath.normpath(posixpath.join(file_dir, path)))
             if source is not None:
                 new_path = posixpath.relpath(source.src_uri, here or ".")
                 element.set("href", urlunsplit(("", "", new_path, query, fragment)))
-            elif path.endswith(".html") and self.plugin.files.get_file_from_path(target) is None:
+            elif path.endswith(".html") and self.plugin.files.get_file_from_path(
+                    posixpath.normpath(posixpath.join(here, path))) is None:
                 # Hidden from mkdocs' checks under a scheme of our own;
                 # `_KeptLinks` puts it back after them.
                 element.set("data-literate-href", href)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import posixpath
 import shutil
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from mkdocs.exceptions import PluginError
 from mkdocs.plugins import BasePlugin, get_plugin_logger
@@ -151,9 +151,9 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
     # package beside `mkdocs.yml`. A file claimed by two sources goes to the
     # one with the longer (more specific) path.
     def _find_sources(self) -> list[SourceFile]:
-        entries = [(s.path, s.exclude) for s in self.config.sources]
+        entries = [(s.path, s.exclude, s.url) for s in self.config.sources]
         if not entries:
-            entries = [(p.name, []) for p in sorted(self.root.iterdir())
+            entries = [(p.name, [], None) for p in sorted(self.root.iterdir())
                        if (p / "__init__.py").is_file() and p.name not in ("tests", "docs")]
             if not entries:
                 raise PluginError("literate: no sources configured and no package beside mkdocs.yml")
@@ -164,7 +164,7 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
         # the default title of each source's navigation section: its name.
         self.watch_paths = []
         self.titles = []
-        for group, (path, exclude) in enumerate(entries):
+        for group, (path, exclude, url) in enumerate(entries):
             base = (self.root / path).resolve()
             if not base.exists():
                 raise PluginError(f"literate: source '{path}' does not exist (looked for {base})")
@@ -174,7 +174,7 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
                 raise PluginError(f"literate: source '{path}' is not a .py file or a package")
             files = [base] if base.is_file() else sorted(_package_files(base))
             for file in files:
-                source = self._source_file(file, base, group)
+                source = self._source_file(file, base, group, url)
                 if _excluded(source.short_name, exclude):
                     continue
                 depth = len(base.parts)
@@ -193,7 +193,7 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
                                       f"'{entry.path}' does not exist")
         return sources
 
-    def _source_file(self, file: Path, base: Path, group: int) -> SourceFile:
+    def _source_file(self, file: Path, base: Path, group: int, url: str | None) -> SourceFile:
         # A source outside the project (an installed package) is named from
         # the directory that holds it.
         outer = base.parent
@@ -210,9 +210,15 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
             if is_package:
                 parts = parts[:-1] or ["__init__"]
             short = ".".join(parts)
-        src_uri = rel_path[:-len(".py")] + ".md"
+        # The page's place: the file's own, or under the source's `url`.
+        page_path = rel_path
+        if url:
+            url = url.strip("/")
+            page_path = (posixpath.join(url, file.relative_to(base).as_posix()) if base.is_dir()
+                         else url + ".py")
+        src_uri = page_path[:-len(".py")] + ".md"
         if is_package:
-            src_uri = posixpath.join(posixpath.dirname(rel_path), "index.md")
+            src_uri = posixpath.join(posixpath.dirname(page_path), "index.md")
         return SourceFile(file, rel_path, module, is_package, group, short, src_uri)
 
     # ## on_files
@@ -262,15 +268,12 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
     # site at the same place relative to its page, so the notes' relative
     # links find them, and mkdocs checks them like any other link.
     def _add_images(self, files, config):
-        folders = {(s.path.parent, posixpath.dirname(s.rel_path)) for s in self.sources}
-        for directory, rel_dir in sorted(folders):
-            depth = len(PurePosixPath(rel_dir).parts)
-            src_dir = directory.parents[depth - 1] if depth else directory
+        folders = {(s.path.parent, posixpath.dirname(s.src_uri)) for s in self.sources}
+        for directory, page_dir in sorted(folders):
             for image in sorted(directory.iterdir()):
-                uri = posixpath.join(rel_dir, image.name)
+                uri = posixpath.join(page_dir, image.name)
                 if image.suffix.lower() in IMAGES and files.get_file_from_path(uri) is None:
-                    files.append(File(uri, src_dir=str(src_dir), dest_dir=config.site_dir,
-                                      use_directory_urls=config.use_directory_urls))
+                    files.append(File.generated(config, uri, abs_src_path=str(image)))
 
     # The breadcrumbs of a page: the home page (a hand-written `index.md`),
     # each rendered package the module is in, outermost first, and the page's

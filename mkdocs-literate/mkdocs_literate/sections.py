@@ -517,7 +517,9 @@ def _assign_anchors(sections: list[Section]):
 # ## Imports
 #
 # Every `import` and `from ... import` in the file, relative ones resolved
-# against the module's own name. `from . import mha` records `("pkg", "mha")`:
+# against the module's own name. A name imported twice keeps its first
+# import: in `try: from .a import x` / `except ImportError: from a import x`
+# the first is the one that is meant. `from . import mha` records `("pkg", "mha")`:
 # the renderer decides whether `mha` is a module or a name in `pkg`.
 def _imports(tree: ast.Module, name: str | None, is_package: bool) -> dict[str, tuple[str, str | None]]:
     imports: dict[str, tuple[str, str | None]] = {}
@@ -525,17 +527,17 @@ def _imports(tree: ast.Module, name: str | None, is_package: bool) -> dict[str, 
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.asname:
-                    imports[alias.asname] = (alias.name, None)
+                    imports.setdefault(alias.asname, (alias.name, None))
                 else:
                     top = alias.name.split(".")[0]
-                    imports[top] = (top, None)
+                    imports.setdefault(top, (top, None))
         elif isinstance(node, ast.ImportFrom):
             base = _resolve_relative(node.module, node.level, name, is_package)
             if base is None:
                 continue
             for alias in node.names:
                 if alias.name != "*":
-                    imports[alias.asname or alias.name] = (base, alias.name)
+                    imports.setdefault(alias.asname or alias.name, (base, alias.name))
     return imports
 
 

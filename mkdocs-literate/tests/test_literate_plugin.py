@@ -116,3 +116,32 @@ def test_serve_watches_the_sources(tmp_path):
 
     server = plugin.on_serve(Server(), config=config, builder=None)
     assert (tmp_path / "pkg").resolve() in server.watched
+
+
+def test_a_source_url_places_its_pages_and_links_follow(tmp_path):
+    config = """
+        site_name: Mini
+        theme:
+          name: mkdocs
+        plugins:
+          - literate:
+              mathjax: false
+              sources:
+                - path: pkg
+                  url: library/api
+        markdown_extensions:
+          - pymdownx.arithmatex:
+              generic: true
+        """
+    result = build(tmp_path, config=config, extra={"pkg/figure.png": "not really a PNG"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    site = tmp_path / "site"
+    for page in ("library/api/index.html", "library/api/layer/index.html", "library/api/helpers/index.html"):
+        assert (site / page).is_file(), page
+    assert not (site / "pkg").exists() or not list((site / "pkg").rglob("*.html"))
+    # Notes' links written against the files reach the moved pages; images follow them.
+    from literate_testing import parse_page, resolve_link
+    index = site / "library" / "api" / "index.html"
+    targets = {resolve_link(site, index, href) for href, _ in parse_page(index).links}
+    assert (site / "library" / "api" / "layer" / "index.html", "Layer") in targets
+    assert (site / "library" / "api" / "figure.png").is_file()

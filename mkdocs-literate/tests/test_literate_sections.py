@@ -594,3 +594,9 @@ def test_property_docstrings_reach_the_notes_as_written(body, quote):
     expected = inspect.cleandoc(body)
     notes = parse(source, "p.py").sections[0].notes
     assert notes == ([expected] if expected.strip() else [])
+
+
+def test_a_fallback_import_does_not_replace_the_first():
+    m = parse("try:\n    from .a import x\nexcept ImportError:\n    from a import x\n",
+              name="pkg.b")
+    assert m.imports["x"] == ("pkg.a", "x")
