@@ -31,7 +31,8 @@ python -m mkdocs_literate.translate update --lang zh PATH ...
 ```
 
 `update` also finds the translation of a paragraph that moved from another
-file in the language's other catalogues. `status` prints, per file, how many paragraphs are current and, for each one
+file in the language's other catalogues, as they were before the command
+(so update the files a paragraph moved between in one command). `status` prints, per file, how many paragraphs are current and, for each one
 that is not, where it is (`path:line`), why (missing, stale, invalid, or a
 glossary term not used) and how it starts. With `--strict` it exits with
 status 1 unless every file named is 100% current. `update` writes each file's
@@ -265,14 +266,15 @@ def status(translator: Translator, rel_path: str, out) -> bool:
     return current == total
 
 
-def update(translator: Translator, rel_path: str, out):
+def update(translator: Translator, rel_path: str, out, memory: dict[str, Entry] | None = None):
     name = NAMES.get(translator.language, translator.language)
     header = (f"{name} ({translator.language}) notes for {rel_path}: one entry per English paragraph,\n"
               f"keyed by a hash of it. After the English changes, run\n"
               f"  python -m mkdocs_literate.translate update --lang {translator.language} {rel_path}\n"
               f"then translate the empty entries, check those marked stale against 'was' and\n"
               f"remove their 'stale' and 'was' lines.")
-    cat = translator.catalogue(rel_path).updated(units(translator.root, rel_path), translator.memory())
+    memory = translator.memory() if memory is None else memory
+    cat = translator.catalogue(rel_path).updated(units(translator.root, rel_path), memory)
     cat.save(header)
     counts = [e.current for e in cat.entries.values()]
     print(f"{cat.path.relative_to(translator.root)}: {sum(counts)}/{len(counts)} current", file=out)
@@ -294,8 +296,10 @@ def main(argv: list[str] | None = None, out=None) -> int:
         translator = Translator(root, args.dir, args.lang)
         files = _files(root, translator.folder, args.paths)
         if args.command == "update":
+            # The translations of every catalogue, read before any is rewritten.
+            memory = translator.memory()
             for f in files:
-                update(translator, f, out)
+                update(translator, f, out, memory)
             return 0
         complete = [status(translator, f, out) for f in files]
     except (CatalogueError, ParseError) as e:
