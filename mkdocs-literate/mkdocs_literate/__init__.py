@@ -21,6 +21,9 @@ generator, an [mkdocs](https://www.mkdocs.org) plugin of four small parts:
   breadcrumbs and a package's list of modules;
 * [formulas.py](formulas.py) gets formulas ready for KaTeX, which typesets
   them in the browser, and gives search their text;
+* [catalogue.py](catalogue.py) and [translate.py](translate.py) render
+  the pages in another language from translation catalogues that know when
+  the English has changed since, with a command for translators;
 * [plugin.py](plugin.py) wires it into mkdocs: pages, navigation, assets,
   KaTeX and `mkdocs serve`; its options are in [config.py](config.py).
 

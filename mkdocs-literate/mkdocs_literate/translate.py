@@ -238,6 +238,9 @@ def _files(root: Path, folder: Path, paths: list[str]) -> list[str]:
 def status(translator: Translator, rel_path: str, out) -> bool:
     """Print the state of one file's translation; `True` when it is complete."""
     cat = translator.catalogue(rel_path)
+    if not (translator.root / rel_path).is_file():
+        print(f"{rel_path}: the source is gone; delete {cat.path.relative_to(translator.root)}", file=out)
+        return False
     found = units(translator.root, rel_path)
     lines = (translator.root / rel_path).read_text(encoding="utf-8").split("\n")
     todo, current = [], 0

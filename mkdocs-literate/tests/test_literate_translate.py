@@ -336,3 +336,12 @@ def test_a_paragraph_moved_to_another_file_brings_its_translation(tmp_path):
     # Its note is translated; its title (the file name) is new.
     assert "pkg/drop.py: 1/2 current" in out.getvalue()
     assert "[title] missing: drop" in out.getvalue()
+
+
+def test_status_names_a_catalogue_whose_source_is_gone(tmp_path):
+    project(tmp_path)
+    translate_all(tmp_path)
+    (tmp_path / "pkg" / "route.py").unlink()
+    out = io.StringIO()
+    assert main(["status", "--strict", "--root", str(tmp_path)], out=out) == 1
+    assert "pkg/route.py: the source is gone; delete translations/zh/pkg/route.py.yaml" in out.getvalue()
