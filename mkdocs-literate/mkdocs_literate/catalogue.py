@@ -142,6 +142,12 @@ def translatable(paragraph: str) -> bool:
     return re.search(r"[^\W\d_]{2,}", re.sub(r"<[^>]+>|https?://\S+", " ", prose(paragraph))) is not None
 
 
+# A paragraph that starts with an ATX heading (`## Text`): its level and text.
+def heading(paragraph: str) -> tuple[int, str] | None:
+    m = _HEADING.match(paragraph.split("\n", 1)[0])
+    return (len(m.group(1)), m.group(2)) if m else None
+
+
 # The problems of a translation: every formula, code span and link target of
 # the English must be in it unchanged (the translation may add more); a
 # heading stays a heading of the same level.
@@ -150,9 +156,9 @@ def problems(english: str, translation: str) -> list[str]:
     missing = protected(english) - protected(translation)
     for item in missing:
         found.append(f"lost or changed: {item!r}")
-    en_heading, tr_heading = _HEADING.match(english), _HEADING.match(translation)
-    if en_heading and (not tr_heading or tr_heading.group(1) != en_heading.group(1)):
-        found.append(f"the English is a level-{len(en_heading.group(1))} heading; the translation must be one too")
+    en_heading, tr_heading = heading(english), heading(translation)
+    if en_heading and (not tr_heading or tr_heading[0] != en_heading[0]):
+        found.append(f"the English is a level-{en_heading[0]} heading; the translation must be one too")
     return found
 
 

@@ -54,8 +54,8 @@ from pathlib import Path
 import markdown as markdown_lib
 from markdown.extensions.toc import slugify as default_slugify
 
-from .catalogue import (Catalogue, CatalogueError, Entry, glossary_misses, key, load_glossary,
-                        paragraphs, problems, translatable)
+from .catalogue import (Catalogue, CatalogueError, Entry, glossary_misses, heading, key,
+                        load_glossary, paragraphs, problems, translatable)
 from .sections import Module, ParseError, parse
 
 # ## Words of the page itself
@@ -169,10 +169,10 @@ class Translator:
     # `toc` extension (made unique on the page as `toc` does, `_1`, `_2`),
     # unless the translator gave one.
     def _keep_anchor(self, english: str, translation: str, ids: set[str]) -> str:
-        m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", english)
-        if not m or "{" in translation.split("\n")[0]:
+        found = heading(english)
+        if not found or "{" in translation.split("\n")[0]:
             return translation
-        words = re.sub(r"<[^>]+>", "", markdown_lib.markdown(m.group(1)))
+        words = re.sub(r"<[^>]+>", "", markdown_lib.markdown(found[1]))
         base = self.slugify(html.unescape(words), "-")
         anchor, n = base, 0
         while anchor in ids:

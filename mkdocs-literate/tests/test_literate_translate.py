@@ -95,6 +95,8 @@ def test_problems_name_a_changed_formula_a_lost_code_span_and_a_changed_link():
 
 def test_a_heading_stays_a_heading_of_its_level():
     assert problems("## The router", "## 路由器") == []
+    assert problems("## The router\nIt routes.", "## 路由器\n它负责路由。") == []
+    assert problems("## The router\nIt routes.", "路由器\n它负责路由。") != []
     assert problems("## The router", "路由器") != []
     assert problems("## The router", "### 路由器") != []
 
