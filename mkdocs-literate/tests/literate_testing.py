@@ -183,7 +183,8 @@ def strip_tags(text: str) -> str:
 # ## A literate page, read back
 #
 # What a reader sees of a literate page: the text of the notes column (with
-# images' alt text), the formulas handed to MathJax, the text of the notes
+# images' alt text), the formulas handed to KaTeX (the TeX in an arithmatex
+# element's `data-tex`, in arithmatex's delimiters), the text of the notes
 # outside formulas and code, and the code column as (line number, text) pairs
 # in page order.
 @dataclass
@@ -207,6 +208,7 @@ class _LiterateParser(HTMLParser):
         self.notes: list[str] = []
         self.prose: list[str] = []
         self.math: list[str] | None = None
+        self.tex: str | None = None
         self.formulas: list[str] = []
 
     def handle_starttag(self, tag, attrs):
@@ -223,6 +225,9 @@ class _LiterateParser(HTMLParser):
         self.open.update(marks)
         if "arithmatex" in marks:
             self.math = []
+            if "data-tex" in attrs:
+                left, right = ("\\[", "\\]") if "data-display" in attrs else ("\\(", "\\)")
+                self.tex = left + attrs["data-tex"] + right
 
     def handle_endtag(self, tag):
         self.notes.append(" ")
@@ -232,14 +237,15 @@ class _LiterateParser(HTMLParser):
             open_tag, marks = self.stack.pop()
             self.open.subtract(marks)
             if "arithmatex" in marks and self.math is not None:
-                self.formulas.append("".join(self.math))
-                self.math = None
+                self.formulas.append(self.tex if self.tex is not None else "".join(self.math))
+                self.math, self.tex = None, None
             if open_tag == tag:
                 break
 
     def handle_data(self, data):
         if self.open["literate-notes"]:
-            self.notes.append(data)
+            # A formula's words in the notes are its TeX's (`\\alpha`, not `α`).
+            self.notes.append(data if self.tex is None else f" {self.tex} ")
             if self.math is not None:
                 self.math.append(data)
             elif not (self.open["code"] or self.open["pre"]):
@@ -249,22 +255,30 @@ class _LiterateParser(HTMLParser):
 _MARKS = {"literate-notes", "arithmatex"}
 
 
-# The code tables are read with patterns (they are most of a page's tags),
-# the rest with the parser.
-_TABLE = re.compile(r'<table class="highlighttable">.*?</table>', re.S)
+# The code columns are read with patterns (they are most of a page's tags),
+# the rest with the parser. A column is a `pre` of one `literate-line` per
+# source line, its number in `data-lineno` (the renderer's layout), or a table
+# of numbers and code (`pymdownx.highlight`'s).
+_COLUMN = re.compile(r'<div class="literate-code"><div class="highlight"><pre><code>(.*?)</code></pre></div></div>'
+                     r'|<table class="highlighttable">.*?</table>', re.S)
+_LINE = re.compile(r'<span class="literate-line"[^>]*><(?:span|a) class="literate-lineno" data-lineno="(\d+)"')
 _CELL = re.compile(r'<td class="(linenos|code)">(.*?)</td>', re.S)
 
 
 def read_literate_page(path: Path) -> LiteratePage:
     text = path.read_text(encoding="utf-8")
     code = []
-    for table in _TABLE.findall(text):
-        cells = dict(_CELL.findall(table))
+    for column in _COLUMN.finditer(text):
+        if column.group(1) is not None:
+            for row in column.group(1).split("\n"):
+                code.append((int(_LINE.match(row).group(1)), strip_tags(row)))
+            continue
+        cells = dict(_CELL.findall(column.group(0)))
         numbers = strip_tags(cells["linenos"]).strip("\n").split("\n")
         lines = strip_tags(cells["code"]).split("\n")
         code.extend(zip((int(n) for n in numbers), lines))
     parser = _LiterateParser()
-    parser.feed(_TABLE.sub("", text))
+    parser.feed(_COLUMN.sub("", text))
     parser.close()
     return LiteratePage("".join(parser.notes), parser.formulas, "".join(parser.prose), code)
 
@@ -345,6 +359,14 @@ def formulas(markdown: str) -> list[str]:
 
 def squash(text: str) -> str:
     return " ".join(text.split())
+
+
+# A formula's TeX without its delimiters and with its spaces squashed: the
+# same formula however much space the source put inside `$...$`.
+def tex(formula: str) -> str:
+    if formula[:2] in ("\\(", "\\[") and formula[-2:] in ("\\)", "\\]"):
+        formula = formula[2:-2]
+    return squash(formula)
 
 
 def check_module(file: Path, page: Path) -> dict:

@@ -125,7 +125,7 @@ def test_a_source_url_places_its_pages_and_links_follow(tmp_path):
           name: mkdocs
         plugins:
           - literate:
-              mathjax: false
+              math: false
               sources:
                 - path: pkg
                   url: library/api
