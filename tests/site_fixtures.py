@@ -27,11 +27,9 @@ ARTIFACTS = ROOT / "test-artifacts"
 # The languages the site is translated into: mkdocs.zh.yml, ...
 LANGUAGES = sorted(p.name.split(".")[1] for p in ROOT.glob("mkdocs.*.yml"))
 
-# The generator's own test helpers: building with mkdocs, fixture projects,
-# reading built pages.
+# The generator's own test helpers: building with mkdocs, reading built pages.
 sys.path.insert(0, str(ROOT / "mkdocs-literate" / "tests"))
-from literate_testing import (  # noqa: E402,F401
-    MINI_CONFIG, MINI_FILES, PageParser, mkdocs_build, page_file, parse_page, resolve_link, write_project)
+from literate_testing import mkdocs_build, page_file, parse_page, resolve_link  # noqa: E402,F401
 
 
 # ## Building

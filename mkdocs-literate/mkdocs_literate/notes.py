@@ -132,6 +132,58 @@ class _Math(InlineProcessor):
         return element, m.start(0), m.end(0)
 
 
+# ## Text that would break the page
+#
+# The notes sit inside HTML blocks (`md_in_html`), whose HTML parser reads
+# them before anything else, code spans and formulas included. Two kinds of
+# plain text confuse it: an `&#` that makes no character reference (Python's
+# parser stops there, and the rest of the page is lost) and a `<` before a
+# letter that starts no tag, as in `if a <b then` (a stray `</div>` closes
+# the page early). An invisible mark, `SHIELD`, goes between the `&` and the
+# `#`, or after the `<`, so the parser reads plain text; Markdown then escapes
+# the `&` or `<` as it does any other, and `fill_code` takes the mark out of
+# the finished page. The reader, the search index and MathJax see the text as
+# typed. Real markup in prose (tags, comments) is left alone.
+SHIELD = "\ue000"
+_BAD_REFERENCE = re.compile(r"&#(?![0-9]+;?|[xX][0-9a-fA-F]+;?)")
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
+# What such a `<` may rightly start: a tag (which may span lines), a closing
+# tag, a comment, a declaration or a processing instruction.
+_MARKUP = re.compile(r"<(?:[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>|/[A-Za-z][A-Za-z0-9-]*\s*>"
+                     r"|!--.*?-->|![A-Za-z][^<>]*>|\?[^<>]*\?>)", re.S)
+# Where there is no markup: a fenced block, a code span, an indented block
+# after a blank line, a formula.
+_NO_MARKUP = re.compile(
+    r"^[ \t]*(?P<fence>```|~~~).*?^[ \t]*(?P=fence)[^\n]*$|(?P<ticks>`+)(?!`).*?(?<!`)(?P=ticks)(?!`)"
+    r"|(?:(?<=\n\n)|\A)(?:(?: {4}|\t)[^\n]*(?:\n|\Z))+"
+    r"|(?<!\\)\$\$.+?(?<!\\)\$\$|(?<![\\$])\$(?![\s$])[^$\n]+?(?<!\\)\$", re.S | re.M)
+
+
+def protect(markdown: str) -> str:
+    """The notes' Markdown, with text that the HTML parser would take for markup shielded."""
+    parts, last = [], 0
+    for m in _NO_MARKUP.finditer(markdown):
+        parts.append(_shield_prose(markdown[last:m.start()]))
+        parts.append(_TAG_START.sub("<" + SHIELD, m.group(0).replace("&#", "&" + SHIELD + "#")))
+        last = m.end()
+    parts.append(_shield_prose(markdown[last:]))
+    return "".join(parts)
+
+
+def _shield_prose(text: str) -> str:
+    text = _BAD_REFERENCE.sub("&" + SHIELD + "#", text)
+    out, i = [], 0
+    for m in _TAG_START.finditer(text):
+        if m.start() < i:
+            continue
+        markup = _MARKUP.match(text, m.start())
+        out.append(text[i:m.start()])
+        out.append(markup.group(0) if markup else "<" + SHIELD)
+        i = markup.end() if markup else m.start() + 1
+    out.append(text[i:])
+    return "".join(out)
+
+
 # ## The extension
 #
 # `math` is whether the site typesets formulas with `pymdownx.arithmatex`;

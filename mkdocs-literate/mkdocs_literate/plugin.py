@@ -16,8 +16,8 @@ one small job in each.
 | event | job |
 |---|---|
 | `on_config` | find the source files, add our Markdown needs, CSS, JavaScript and template; set up a translation |
-| `on_files` | parse every source file and add its page, in memory, to the site's files |
-| `on_page_markdown` | remember which page is being rendered (for `.py` links); translate a hand-written page |
+| `on_files` | parse every source file and add its page, in memory, to the site's files, with the images beside it |
+| `on_page_markdown` | remember which page is being rendered (for links to modules); translate a hand-written page |
 | `on_page_content` | put the highlighted, linked code into the rendered page; prepare formulas |
 | `on_post_build` | copy our CSS and JavaScript and KaTeX into the site |
 | `on_serve` | make `mkdocs serve` watch the source files |

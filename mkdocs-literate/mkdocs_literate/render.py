@@ -40,6 +40,7 @@ import yaml
 from pygments.lexers import PythonLexer
 from pygments.token import STANDARD_TYPES, Token
 
+from .notes import SHIELD, protect
 from .sections import Module, Section
 
 
@@ -82,7 +83,7 @@ def _section_markdown(index: int, section: Section) -> str:
     return (
         f'<div class="literate-section{kind}" id="{html.escape(section.anchor)}" markdown>\n'
         f'<div class="literate-notes" markdown>\n\n'
-        f"{section.notes_markdown}\n\n"
+        f"{protect(section.notes_markdown)}\n\n"
         f"</div>\n"
         f"{code_placeholder(index)}\n"
         f"</div>\n"
@@ -126,7 +127,8 @@ def code_placeholder(index: int) -> str:
 
 
 # After Markdown has rendered the page, each placeholder is replaced by the
-# section's permalink and code. A missing placeholder means Markdown changed
+# section's permalink and code (and the notes' shields, see
+# [notes.py](notes.py), are taken out). A missing placeholder means Markdown changed
 # it (an unclosed tag in a note can do that): better to stop than to lose code.
 def fill_code(page_html: str, blocks: Mapping[int, str]) -> str:
     for index, block in blocks.items():
@@ -135,7 +137,8 @@ def fill_code(page_html: str, blocks: Mapping[int, str]) -> str:
             raise ValueError(f"code placeholder of section {index} was lost in Markdown; "
                              f"is there an unclosed HTML tag in a note?")
         page_html = page_html.replace(placeholder, block, 1)
-    return page_html
+    # The marks that kept notes' text from looking like markup have done their job.
+    return page_html.replace(SHIELD, "")
 
 
 # ## Highlighting

@@ -183,8 +183,7 @@ def strip_tags(text: str) -> str:
 # ## A literate page, read back
 #
 # What a reader sees of a literate page: the text of the notes column (with
-# images' alt text), the formulas handed to KaTeX (the TeX in an arithmatex
-# element's `data-tex`, in arithmatex's delimiters), the text of the notes
+# images' alt text), the formulas handed to MathJax, the text of the notes
 # outside formulas and code, and the code column as (line number, text) pairs
 # in page order.
 @dataclass
@@ -208,7 +207,6 @@ class _LiterateParser(HTMLParser):
         self.notes: list[str] = []
         self.prose: list[str] = []
         self.math: list[str] | None = None
-        self.tex: str | None = None
         self.formulas: list[str] = []
 
     def handle_starttag(self, tag, attrs):
@@ -225,9 +223,13 @@ class _LiterateParser(HTMLParser):
         self.open.update(marks)
         if "arithmatex" in marks:
             self.math = []
-            if "data-tex" in attrs:
+            # A formula whose TeX was moved to `data-tex` (its text then is a
+            # readable rendering): the TeX is what the notes hold.
+            if attrs.get("data-tex") is not None:
                 left, right = ("\\[", "\\]") if "data-display" in attrs else ("\\(", "\\)")
-                self.tex = left + attrs["data-tex"] + right
+                self.math = [left + attrs["data-tex"] + right]
+                self.notes.append(self.math[0])
+                self.open["tex-moved"] += 1
 
     def handle_endtag(self, tag):
         self.notes.append(" ")
@@ -237,15 +239,17 @@ class _LiterateParser(HTMLParser):
             open_tag, marks = self.stack.pop()
             self.open.subtract(marks)
             if "arithmatex" in marks and self.math is not None:
-                self.formulas.append(self.tex if self.tex is not None else "".join(self.math))
-                self.math, self.tex = None, None
+                self.formulas.append("".join(self.math))
+                self.math = None
+                self.open["tex-moved"] = 0
             if open_tag == tag:
                 break
 
     def handle_data(self, data):
+        if self.open["tex-moved"]:
+            return
         if self.open["literate-notes"]:
-            # A formula's words in the notes are its TeX's (`\\alpha`, not `α`).
-            self.notes.append(data if self.tex is None else f" {self.tex} ")
+            self.notes.append(data)
             if self.math is not None:
                 self.math.append(data)
             elif not (self.open["code"] or self.open["pre"]):
@@ -400,5 +404,9 @@ def check_module(file: Path, page: Path) -> dict:
     typeset = squash(" ".join(rendered.formulas))
     broken = [f for f in math if f not in typeset]
     stray = rendered.prose.count("$") - notes.count("\\$")
+    # and the page's blocks are whole: a note never closes what it did not open.
+    page_html = page.read_text(encoding="utf-8")
+    unbalanced = page_html.count("<div") - page_html.count("</div>")
     return {"code_lines": len(numbers), "wrong": wrong, "twice": twice, "missing_code": missing_code,
-            "missing_words": missing_words, "formulas": len(math), "broken": broken, "stray": stray}
+            "missing_words": missing_words, "formulas": len(math), "broken": broken, "stray": stray,
+            "unbalanced": unbalanced}

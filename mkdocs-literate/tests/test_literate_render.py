@@ -12,6 +12,8 @@ from pathlib import Path
 
 import markdown
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mkdocs.config import load_config
 from mkdocs.utils.meta import get_data
 
@@ -34,8 +36,9 @@ def site_markdown(tmp_path_factory):
 
 
 def render_page(md_factory, source: str) -> str:
+    # As the plugin does, less the code: Markdown, then `fill_code` (with no code).
     body, _ = get_data(page_markdown(parse(source, "t.py")))
-    return md_factory().convert(body)
+    return fill_code(md_factory().convert(body), {})
 
 
 TEX_SOURCE = r'''
@@ -275,3 +278,49 @@ def test_breadcrumbs_and_module_list_are_links(site_markdown):
     assert re.findall(r'<li><a href="([^"]+)">(.*?)</a>', listed) == [
         ("layer.md", "The [layer]"), ("helpers.md", "Helpers")]
     assert "What a layer does." in listed
+
+
+# ## Display math inside a paragraph, whatever the formula
+#
+# Any one-line formula, written between text lines as
+# `$$` lines or inline as `$$...$$`, reaches MathJax whole as display math,
+# and no `$` is left in the text. (Backticks are left out: a code span wins
+# over math, in arithmatex as here.)
+FORMULA = st.text(alphabet=st.sampled_from(list("ab_^*|<>&{}\\ ()=+-'\"#\n")), min_size=1, max_size=30).filter(
+    lambda f: f.strip() and "\n" not in f.strip("\n") and '"' not in f
+    # a Markdown block marker at the start, or a `\$` at the end, would be another thing
+    and not f.strip().startswith(("#", "-", "+", ">", "*")) and not f.strip().endswith("\\"))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(FORMULA, st.booleans())
+def test_property_display_math_in_a_paragraph_is_intact(site_markdown, formula, inline):
+    formula = formula.strip()
+    math = f"$${formula}$$" if inline else f"$$\n{formula}\n$$"
+    source = f'"""\nText before\n{math}\ntext after.\n"""\n'
+    page_html = render_page(site_markdown, source)
+    texts = arithmatex_texts(page_html)
+    assert any(t.startswith("\\[") and formula in t for t in texts), (formula, page_html)
+    assert "$" not in strip_tags(re.sub(r'<span class="arithmatex">.*?</span>', "", page_html, flags=re.S))
+
+
+# Plain text that the HTML parser of `md_in_html` would take for markup: an
+# `&#` that is no character reference (it swallowed the page) and a `<` never
+# closed on its line (it closed the page early). They show as written; code
+# keeps its own text.
+@pytest.mark.parametrize("note, shown", [
+    ("a &# b", "a &# b"),
+    ("if a <b then c", "if a <b then c"),
+    ("x <y and `a <z &# q` and &#955; and <em>em</em> and\n# ```\n# &#\n# ```", "x <y and a <z &# q and λ and em and\n&#"),
+])
+def test_text_that_looks_like_markup_keeps_the_page_whole(site_markdown, note, shown):
+    page_html = render_page(site_markdown, f"# {note}\nx = 1\n# two\ny = 2\n")
+    assert page_html.count("<div") == page_html.count("</div>")
+    assert page_html.count("data-literate-section") == 2
+    notes = re.findall(r'<div class="literate-notes">(.*?)</div>', page_html, re.S)
+    assert strip_tags(notes[0]).strip() == shown
+
+
+def test_math_with_a_lone_less_than_is_intact(site_markdown):
+    texts = arithmatex_texts(render_page(site_markdown, "# $a<b$ and $$x <y$$ and\n# $\\{a\\}$\nx = 1\n"))
+    assert r"\(a<b\)" in texts and r"\[x <y\]" in texts
