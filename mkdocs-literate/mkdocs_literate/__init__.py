@@ -10,14 +10,17 @@ summary: >
 
 The pages of this site are not written by hand: they are derived from the
 source files, whose comments and docstrings are the notes. This package is the
-generator, an [mkdocs](https://www.mkdocs.org) plugin of three small parts:
+generator, an [mkdocs](https://www.mkdocs.org) plugin of four small parts:
 
 * [sections.py](sections.py) splits a Python file into sections of notes
   and code, and documents the rules a source file follows;
 * [render.py](render.py) turns sections into a page: notes as Markdown,
-  code highlighted with line numbers, names linked to their definitions;
+  code highlighted with line numbers, names linked to their definitions,
+  breadcrumbs and a package's list of modules;
+* [formulas.py](formulas.py) gets formulas ready for KaTeX, which typesets
+  them in the browser, and gives search their text;
 * [plugin.py](plugin.py) wires it into mkdocs: pages, navigation, assets,
-  MathJax and `mkdocs serve`; its options are in [config.py](config.py).
+  KaTeX and `mkdocs serve`; its options are in [config.py](config.py).
 
 To use it on your own code, install this package and add to `mkdocs.yml`:
 

@@ -62,6 +62,7 @@ class LiterateConfig(base.Config):
     # form); with neither, line numbers are not links.
     line_url = c.Optional(c.Type(str))
     branch = c.Type(str, default="main")
-    # Serve MathJax from the site itself (from the `django-static-mathjax`
-    # package) and typeset `pymdownx.arithmatex` output with it.
-    mathjax = c.Type(bool, default=True)
+    # Typeset the formulas of `pymdownx.arithmatex` (generic mode) with
+    # KaTeX, served from the site itself, and give search their text in
+    # readable Unicode (see formulas.py).
+    math = c.Type(bool, default=True)
