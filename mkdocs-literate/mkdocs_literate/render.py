@@ -244,7 +244,7 @@ def code_html(section: Section, lines_html: list[str],
         rows.append(f'<span class="literate-line"{style}>{number}{lines_html[line.number - 1]}</span>')
     return (
         permalink
-        + '<div class="literate-code"><div class="highlight"><pre><code>'
+        + f'<div class="literate-code" style="--rows:{len(rows)}"><div class="highlight"><pre><code>'
         + "\n".join(rows)
         + "</code></pre></div></div>"
     )
