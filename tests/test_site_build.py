@@ -261,7 +261,8 @@ def test_repository_links_edit_links_and_the_theme_template(tmp_path):
     page = (tmp_path / "site" / "pkg" / "layer" / "index.html").read_text()
     # Lines link to the repository, the edit link goes to the source file, and
     # the header's repository link has no mark for the theme to fetch GitHub's API.
-    assert re.search(r'class="literate-lineno" data-lineno="\d+" href="https://github.com/owner/mini/blob/main/pkg/layer.py#L\d+"', page)
+    assert re.search(r'class="literate-lineno" data-lineno="\d+" '
+                     r'href="https://github.com/owner/mini/blob/main/pkg/layer.py#L\d+"', page)
     assert 'href="https://github.com/owner/mini/edit/main/pkg/layer.py"' in page
     assert 'class="md-source"' in page and 'data-md-component="source"' not in page
     # Our template comes after the user's own overrides, before the theme's.
