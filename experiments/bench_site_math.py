@@ -19,9 +19,11 @@ page's own polls every animation frame and records `performance.now()`
 (`.katex`, or MathJax's `mjx-container`), so the figure means the same for any
 renderer, in the page or at build time. We print the median and the spread
 (min, max) of that time, of the `load` event, and the ratio of medians to the
-first candidate.
+first candidate. On a busy machine wall time includes the time the page waited
+for a core: `--cpu` traces each load and adds the CPU time the page's main
+thread spent until typeset, which does not.
 
-    python experiments/bench_site_math.py --repeats 30
+    python experiments/bench_site_math.py --repeats 30 --cpu
 
 Needs Chromium (`apt-get install chromium`) and playwright (the dev extra).
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import re
 import statistics
 import sys
@@ -66,17 +69,42 @@ def biggest_page(site: Path) -> tuple[str, int]:
     return ("" if rel == "." else rel + "/"), counts[page]
 
 
-def measure(page, url: str) -> tuple[float, float]:
+# Trace categories for the main thread's tasks and the navigation's start.
+TRACE = ["toplevel", "devtools.timeline", "blink.user_timing"]
+TASKS = ("RunTask", "ThreadControllerImpl::RunTask")
+
+
+def measure(page, url: str, browser=None) -> dict[str, float]:
+    """Time to typeset and to `load`; with `browser`, also the main thread's CPU time until typeset."""
+    if browser is not None:
+        browser.start_tracing(page=page, categories=TRACE)
     page.goto(url, wait_until="load")
     page.wait_for_function("() => window.__mathTypeset !== undefined", timeout=30_000)
-    typeset = page.evaluate("window.__mathTypeset")
-    load = page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd")
-    return typeset, load
+    result = {"typeset": page.evaluate("window.__mathTypeset"),
+              "load": page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd")}
+    if browser is not None:
+        result["cpu"] = main_thread_cpu(json.loads(browser.stop_tracing())["traceEvents"], url, result["typeset"])
+    return result
+
+
+def main_thread_cpu(events: list[dict], url: str, until_ms: float) -> float:
+    """
+    CPU milliseconds the page's main thread spent in tasks from the navigation's
+    start until `until_ms` later: on a busy machine, wall time counts the time the
+    thread waited for a core; this does not.
+    """
+    starts = [e for e in events if e["name"] == "navigationStart"
+              and e.get("args", {}).get("data", {}).get("documentLoaderURL") == url]
+    start = starts[-1]
+    end = start["ts"] + until_ms * 1000
+    return sum(e.get("tdur", 0) for e in events
+               if e["name"] in TASKS and e.get("ph") == "X" and e["pid"] == start["pid"]
+               and e["tid"] == start["tid"] and start["ts"] <= e["ts"] <= end) / 1000
 
 
 def summary(name: str, values: list[float], base: list[float]) -> str:
     ratio = statistics.median(values) / statistics.median(base)
-    return (f"{name:<34} median {statistics.median(values):6.0f} ms   min {min(values):6.0f}   "
+    return (f"{name:<40} median {statistics.median(values):6.0f} ms   min {min(values):6.0f}   "
             f"max {max(values):6.0f}   x{ratio:.2f}   (n={len(values)})")
 
 
@@ -85,6 +113,8 @@ def main() -> None:
     parser.add_argument("--site", action="append", default=[], metavar="NAME=DIR",
                         help="a built site to measure (repeatable; default: build this repository's)")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--cpu", action="store_true",
+                        help="trace each load and report the main thread's CPU time until typeset too")
     args = parser.parse_args()
 
     executable = chromium_executable()
@@ -108,7 +138,12 @@ def main() -> None:
                       for name, site in sites.items()}
             browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
             print(f"page: {path} ({counts}) formulas, Chromium {browser.version}")
-            results = {name: {k: [] for k in ("cold", "cold load", "cached", "cached load")} for name in sites}
+            tracer = browser if args.cpu else None
+            results = {name: {} for name in sites}
+
+            def record(name, kind, measured):
+                for key, value in measured.items():
+                    results[name].setdefault(f"{kind} {key}", []).append(value)
 
             def context(name):
                 c = browser.new_context(viewport={"width": 1400, "height": 900})
@@ -118,9 +153,7 @@ def main() -> None:
             for _ in range(args.repeats):
                 for name in sites:
                     c = context(name)
-                    typeset, load = measure(c.new_page(), f"{bases[name]}/{path}")
-                    results[name]["cold"].append(typeset)
-                    results[name]["cold load"].append(load)
+                    record(name, "cold", measure(c.new_page(), f"{bases[name]}/{path}", tracer))
                     c.close()
             pages = {}
             for name in sites:
@@ -128,15 +161,16 @@ def main() -> None:
                 measure(pages[name], f"{bases[name]}/{path}")  # fill the cache
             for _ in range(args.repeats):
                 for name in sites:
-                    typeset, load = measure(pages[name], f"{bases[name]}/{path}")
-                    results[name]["cached"].append(typeset)
-                    results[name]["cached load"].append(load)
+                    record(name, "cached", measure(pages[name], f"{bases[name]}/{path}", tracer))
             browser.close()
     first = next(iter(results.values()))
-    for kind, label in (("cold", "typeset, first visit"), ("cold load", "load event, first visit"),
-                        ("cached", "typeset, cached"), ("cached load", "load event, cached")):
+    labels = {"cold typeset": "typeset, first visit", "cold load": "load event, first visit",
+              "cold cpu": "main-thread CPU, first visit", "cached typeset": "typeset, cached",
+              "cached load": "load event, cached", "cached cpu": "main-thread CPU, cached"}
+    for kind, label in labels.items():
         for name, values in results.items():
-            print(summary(f"{label} [{name}]", values[kind], first[kind]))
+            if kind in values:
+                print(summary(f"{label} [{name}]", values[kind], first[kind]))
 
 
 if __name__ == "__main__":

@@ -345,11 +345,12 @@ def test_copy_button_never_covers_code(watched, viewport):
 GUTTERS = """() => {
   const lines = [...document.querySelectorAll('.literate-line')];
   const widths = lines.map(l => l.querySelector('.literate-lineno').getBoundingClientRect().width);
-  const starts = lines.filter(l => !l.style.getPropertyValue('--i') && l.children.length > 1)
+  const starts = lines
+    .filter(l => !l.style.getPropertyValue('--i') && l.children.length > 1)
     .map(l => l.children[1].getBoundingClientRect().left);
   const digits = lines.map(l => l.querySelector('.literate-lineno').dataset.lineno.length);
-  return {widths: [...new Set(widths.map(x => x.toFixed(1)))], starts: [...new Set(starts.map(x => x.toFixed(1)))],
-          digits: [...new Set(digits)]};
+  const distinct = xs => [...new Set(xs.map(x => x.toFixed(1)))];
+  return {widths: distinct(widths), starts: distinct(starts), digits: [...new Set(digits)]};
 }"""
 
 
@@ -404,7 +405,7 @@ COLOURS = """() => {
   const colour = sel => getComputedStyle(document.querySelector(sel)).color;
   return {scheme: document.body.getAttribute('data-md-color-scheme'),
           notes: colour('.literate-notes p'), formula: colour('.literate-notes .katex'),
-          code: colour('.literate-code code'), band: getComputedStyle(document.querySelector('.literate-code pre')).backgroundColor,
+          code: colour('.literate-code code'),
           page: getComputedStyle(document.body).backgroundColor};
 }"""
 

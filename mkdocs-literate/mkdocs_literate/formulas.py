@@ -12,10 +12,11 @@ summary: >
 as TeX between `\(...\)` (inline) or `\[...\]` (display), in an element of
 class `arithmatex`. Two readers see that element:
 
-* the browser, where [KaTeX](https://katex.org) typesets it. KaTeX lays a
-  formula out in one synchronous call, a fraction of a millisecond for most,
-  so the biggest page of this site is typeset a few milliseconds after its
-  HTML is parsed; MathJax, which we used before, took over a second;
+* the browser, where [KaTeX](https://katex.org) typesets it, one synchronous
+  call per formula, as soon as the page's HTML is there: the 86 formulas of
+  this site's biggest page take some 30 ms of the main thread, and the page
+  is typeset with about a third of the main thread's work that MathJax,
+  which we used before, needed (`experiments/bench_site_math.py` measures it);
 * the search index, which takes the page's text: raw TeX there makes search
   results hard to read (`\alpha N \sum_i f_i P_i`).
 
@@ -31,8 +32,8 @@ KaTeX itself is served from the site (no CDN): `assets/katex/` holds the
 files of the npm package `katex` 0.19.1 that the browser needs,
 `dist/katex.min.js`, `dist/katex.min.css` and the fonts in `woff2` (browsers
 that read `woff2`, which all current ones do, never ask for the `.woff` and
-`.ttf` files the stylesheet also names), with KaTeX's MIT licence. Every
-formula of our pages and the 3,276 of labml_nn's notes typeset with it.
+`.ttf` files the stylesheet also names), with KaTeX's MIT licence. To update
+it, replace those files with a newer release's.
 """
 
 from __future__ import annotations

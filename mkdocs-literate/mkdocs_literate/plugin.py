@@ -17,7 +17,7 @@ one small job in each.
 |---|---|
 | `on_config` | find the source files, add our Markdown needs, CSS, JavaScript and template; set up a translation |
 | `on_files` | parse every source file and add its page, in memory, to the site's files, with the images beside it |
-| `on_page_markdown` | remember which page is being rendered (for links to modules); translate a hand-written page |
+| `on_page_markdown` | remember which page is being rendered (for links to modules); its edit link; translate a hand-written page |
 | `on_page_content` | put the highlighted, linked code into the rendered page; prepare formulas |
 | `on_post_build` | copy our CSS and JavaScript and KaTeX into the site |
 | `on_serve` | make `mkdocs serve` watch the source files |
@@ -108,10 +108,14 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
         dirs.insert(1 if config.theme.custom_dir else 0, str(Path(__file__).parent / "templates"))
 
         # The address of a source line, if there is a repository to link to.
+        # The theme's "edit this page" link of a literate page goes to its
+        # source file, in GitHub's form, when the address comes from `repo_url`.
         self.line_url = self.config.line_url
+        self.edit_url = None
         if not self.line_url and config.repo_url:
-            self.line_url = (config.repo_url.rstrip("/")
-                             + f"/blob/{self.config.branch}/{{path}}#L{{line}}")
+            repo = config.repo_url.rstrip("/")
+            self.line_url = repo + f"/blob/{self.config.branch}/{{path}}#L{{line}}"
+            self.edit_url = repo + f"/edit/{self.config.branch}/{{path}}"
         self.current_file = None
         self.translator = self._translator(config)
         return config
@@ -325,10 +329,13 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
     # ## on_page_markdown
     #
     # The `.py` link rewriter runs inside Markdown, which does not know the
-    # page; this tells it.
+    # page; this tells it. A literate page's edit link is set here too.
     def on_page_markdown(self, markdown, *, page, config, files):
         self.current_file = page.file
-        if self.translator and page.file.src_uri not in self.by_uri and page.file.abs_src_path:
+        source = self.by_uri.get(page.file.src_uri)
+        if source is not None and self.edit_url:
+            page.edit_url = self.edit_url.format(path=source.rel_path)
+        if self.translator and source is None and page.file.abs_src_path:
             # The catalogue of `docs/index.md` is `translations/<language>/docs/index.md.yaml`.
             path = Path(page.file.abs_src_path).resolve()
             rel_path = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) \

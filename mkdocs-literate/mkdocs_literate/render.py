@@ -99,14 +99,16 @@ def _section_markdown(index: int, section: Section) -> str:
 # mkdocs checks them and makes them URLs like any other link. Breadcrumbs are
 # left out of the search index.
 def _trail_markdown(trail: Sequence[tuple[str, str | None]]) -> str:
-    crumbs = [f"[{_link_text(label)}]({link})" if link else f'<span aria-current="page">{html.escape(label)}</span>'
+    crumbs = [f"[{_link_text(label)}]({link})" if link
+              else f'<span aria-current="page">{html.escape(label)}</span>'
               for label, link in trail]
     return ('<nav class="literate-trail" aria-label="Breadcrumbs" data-search-exclude markdown="span">'
             + ' <span class="literate-trail__sep">›</span> '.join(crumbs) + "</nav>\n")
 
 
 def _contents_markdown(contents: Sequence[tuple[str, str, str | None]]) -> str:
-    items = "\n".join(f"* [{_link_text(title)}]({link})" + (f": {html.escape(' '.join(summary.split()))}" if summary else "")
+    items = "\n".join(f"* [{_link_text(title)}]({link})"
+                      + (f": {html.escape(' '.join(summary.split()))}" if summary else "")
                       for title, link, summary in contents)
     return ('<div class="literate-section literate-contents" markdown>\n'
             '<div class="literate-notes" markdown>\n\n'
@@ -237,8 +239,8 @@ def code_html(section: Section, lines_html: list[str],
         url = line_url(line.number) if line_url else None
         if url:
             label = f"Line {line.number} in the repository"
-            number = (f'<a class="literate-lineno" data-lineno="{line.number}" href="{html.escape(url)}" '
-                      f'title="{label}" aria-label="{label}"></a>')
+            number = (f'<a class="literate-lineno" data-lineno="{line.number}" '
+                      f'href="{html.escape(url)}" title="{label}" aria-label="{label}"></a>')
         else:
             number = f'<span class="literate-lineno" data-lineno="{line.number}"></span>'
         expanded = line.text.expandtabs(4)
@@ -247,7 +249,7 @@ def code_html(section: Section, lines_html: list[str],
         rows.append(f'<span class="literate-line"{style}>{number}{lines_html[line.number - 1]}</span>')
     return (
         permalink
-        + '<div class="literate-code"><div class="highlight"><pre><code>'
+        + f'<div class="literate-code" style="--rows:{len(rows)}"><div class="highlight"><pre><code>'
         + "\n".join(rows)
         + "</code></pre></div></div>"
     )

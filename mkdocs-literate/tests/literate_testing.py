@@ -263,7 +263,7 @@ _MARKS = {"literate-notes", "arithmatex"}
 # the rest with the parser. A column is a `pre` of one `literate-line` per
 # source line, its number in `data-lineno` (the renderer's layout), or a table
 # of numbers and code (`pymdownx.highlight`'s).
-_COLUMN = re.compile(r'<div class="literate-code"><div class="highlight"><pre><code>(.*?)</code></pre></div></div>'
+_COLUMN = re.compile(r'<div class="literate-code"[^>]*><div class="highlight"><pre><code>(.*?)</code></pre></div></div>'
                      r'|<table class="highlighttable">.*?</table>', re.S)
 _LINE = re.compile(r'<span class="literate-line"[^>]*><(?:span|a) class="literate-lineno" data-lineno="(\d+)"')
 _CELL = re.compile(r'<td class="(linenos|code)">(.*?)</td>', re.S)

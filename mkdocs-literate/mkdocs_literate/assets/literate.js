@@ -27,7 +27,7 @@
         // A formula KaTeX cannot read shows its TeX, in the error colour,
         // with the reason in its title; the rest of the page is typeset.
         throwOnError: false,
-        // labml_nn-style notes write Unicode and `\\` in text mode, which
+        // Notes as labml_nn writes them put Unicode letters in math, which
         // KaTeX accepts but would warn about in the console.
         strict: "ignore",
         macros: macros,
