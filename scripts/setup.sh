@@ -23,8 +23,8 @@ pip install --quiet --upgrade pip
 # The literate site generator is a distribution of its own in this
 # repository (mkdocs-literate/); the site needs it and its theme, nothing else.
 if [ "$extras" = docs ]; then
-  pip install --quiet -e "./mkdocs-literate[material]"
-  echo "setup: done (site only: mkdocs-literate and mkdocs-material)"
+  pip install --quiet -e "./mkdocs-literate[material,chinese]"
+  echo "setup: done (site only: mkdocs-literate, mkdocs-material and jieba)"
   exit 0
 fi
 

@@ -17,13 +17,15 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
+# The languages the site is translated into: mkdocs.zh.yml, ...
+LANGUAGES = sorted(p.name.split(".")[1] for p in ROOT.glob("mkdocs.*.yml"))
 
 # The generator's own test helpers: building with mkdocs, reading built pages.
 sys.path.insert(0, str(ROOT / "mkdocs-literate" / "tests"))
@@ -46,10 +48,19 @@ class BuiltSite:
     # `site_url`, which instant navigation needs), started by `serve_real_site`.
     server: http.server.ThreadingHTTPServer
     url: str
+    # The translated sites (mkdocs.<language>.yml), each built into
+    # `path / language` after the English one: the language switcher links to them.
+    translated: dict[str, subprocess.CompletedProcess] = field(default_factory=dict)
 
     @property
     def output(self) -> str:
-        return self.process.stdout + self.process.stderr
+        processes = [self.process, *self.translated.values()]
+        return "".join(p.stdout + p.stderr for p in processes)
+
+    @property
+    def ok(self) -> bool:
+        return all(p.returncode == 0 for p in [self.process, *self.translated.values()]) \
+            and set(self.translated) == set(LANGUAGES)
 
 
 @functools.cache
@@ -65,12 +76,16 @@ def real_site() -> BuiltSite:
     url = f"http://127.0.0.1:{server.server_port}"
     start = time.perf_counter()
     process = mkdocs_build(ROOT / "mkdocs.yml", site, env={"SITE_URL": url + "/"})
-    return BuiltSite(site, time.perf_counter() - start, process, server, url)
+    translated = {}
+    for language in LANGUAGES if process.returncode == 0 else []:
+        translated[language] = mkdocs_build(ROOT / f"mkdocs.{language}.yml", site / language,
+                                            env={"SITE_URL": url + "/"})
+    return BuiltSite(site, time.perf_counter() - start, process, server, url, translated)
 
 
 def require_real_site() -> BuiltSite:
     site = real_site()
-    if site.process.returncode != 0:
+    if not site.ok:
         pytest.fail(f"mkdocs build --strict failed:\n{site.output}")
     return site
 

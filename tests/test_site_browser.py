@@ -1,9 +1,14 @@
 """
 The built site in headless Chromium, served on 127.0.0.1: the side-by-side
-layout at desktop width and stacked layout at phone width, MathJax typesetting
-(also after instant navigation), a click on a linked name landing on its
-definition on another page, search over code, the palette toggle, and, on
-every page opened, no request outside the site and no console error.
+layout at desktop width and stacked layout at phone width, the code column
+(no horizontal scrolling, long lines wrapped with a hanging indent, one
+number width per page, the copy button clear of the code), KaTeX typesetting
+(also after instant navigation, and labml_nn-style formulas), a click on a
+linked name landing on its definition on another page, breadcrumbs and a
+package's module list, search over code and readable formulas, light and
+dark palettes, and, on every page opened, no request outside the site and no
+console error; with `repo_url` set, links to the repository and still no
+request outside the site.
 
 Screenshots go to test-artifacts/ (git-ignored), so that a failure can be
 looked at. Without Chromium these tests skip, except in CI (CI=true), where
@@ -16,7 +21,8 @@ import re
 
 import pytest
 
-from site_fixtures import ARTIFACTS, CHROMIUM_ARGS, require_chromium, serve_real_site
+from site_fixtures import (
+    ARTIFACTS, CHROMIUM_ARGS, MINI_CONFIG, mkdocs_build, require_chromium, serve, serve_real_site, write_project)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -45,16 +51,16 @@ def base_url():
 class Watched:
     """A page with everything it requested and every error it logged."""
 
-    def __init__(self, browser, base_url, viewport):
+    def __init__(self, browser, base_url, viewport, **options):
         self.base_url = base_url
-        self.context = browser.new_context(viewport=viewport)
+        self.context = browser.new_context(viewport=viewport, **options)
         self.page = self.context.new_page()
         self.requests: list[str] = []
         self.errors: list[str] = []
         self.page.on("request", lambda r: self.requests.append(r.url))
-        # Console errors, and MathJax's warnings (it warns, for one, when its
-        # stylesheet was taken out of the page under it).
-        self.page.on("console", lambda m: (m.type == "error" or (m.type == "warning" and "MathJax" in m.text))
+        # Console errors, and KaTeX's warnings (on characters it has no
+        # metrics for, or TeX it accepts only when not strict).
+        self.page.on("console", lambda m: (m.type == "error" or (m.type == "warning" and "KaTeX" in m.text))
                      and self.errors.append(f"{m.type}: {m.text}"))
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.on("requestfailed", lambda r: self.errors.append(f"request failed: {r.url}"))
@@ -62,7 +68,7 @@ class Watched:
 
     def goto(self, path: str):
         self.page.goto(self.base_url + "/" + path, wait_until="load")
-        wait_for_mathjax(self.page)
+        wait_for_math(self.page)
 
     def screenshot(self, name: str):
         ARTIFACTS.mkdir(exist_ok=True)
@@ -92,20 +98,20 @@ def watched(browser, base_url):
         w.close()
 
 
-# MathJax is done when every arithmatex element holds a typeset formula.
+# KaTeX is done when every arithmatex element holds a typeset formula.
 MATH_DONE = """() => {
   const all = [...document.querySelectorAll('.arithmatex')];
-  return all.every(e => e.querySelector('mjx-container'));
+  return all.every(e => e.querySelector('.katex'));
 }"""
 
 
-def wait_for_mathjax(page):
+def wait_for_math(page):
     page.wait_for_function(MATH_DONE, timeout=30_000)
 
 
 # Per section with both notes and code: the boxes of the two columns.
 SECTION_BOXES = """() => [...document.querySelectorAll('.literate-section')]
-  .filter(s => s.querySelector('.literate-notes').innerText.trim() && s.querySelector('.literate-code table'))
+  .filter(s => s.querySelector('.literate-notes').innerText.trim() && s.querySelector('.literate-code pre'))
   .slice(0, 12)
   .map(s => {
     const n = s.querySelector('.literate-notes').getBoundingClientRect();
@@ -142,32 +148,35 @@ def test_phone_notes_stacked_above_code(watched):
         notes, code = box["notes"], box["code"]
         assert code[1] >= notes[3] - 1, box                   # code below its notes
         assert code[2] - code[0] >= 0.9 * PHONE["width"], box  # at full width
-    # Long code lines scroll inside their block, not the page.
+    # Long code lines wrap inside their block: neither it nor the page scrolls sideways.
     assert w.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    assert w.page.evaluate(OVERFLOWING_CODE) == 0
     w.assert_clean()
 
 
 # Visible text of the page outside code: no TeX left untypeset.
 VISIBLE_PROSE = """() => {
   const article = document.querySelector('article').cloneNode(true);
-  article.querySelectorAll('code, pre, mjx-assistive-mml').forEach(e => e.remove());
+  article.querySelectorAll('code, pre, .katex-mathml').forEach(e => e.remove());
   document.body.appendChild(article);
   const text = article.innerText;
   article.remove();
   return text;
 }"""
 
-# A formula whose glyphs have no width was not really typeset (missing fonts or CSS).
-BLANK_FORMULAS = """() => [...document.querySelectorAll('mjx-container')]
-  .filter(e => e.offsetParent !== null && e.getBoundingClientRect().width === 0).length"""
+# A formula whose glyphs have no width was not really typeset (missing fonts
+# or CSS); one KaTeX could not read shows as `.katex-error`.
+BLANK_FORMULAS = """() => [...document.querySelectorAll('.arithmatex .katex-html')]
+  .filter(e => e.getBoundingClientRect().width === 0).length
+  + document.querySelectorAll('.katex-error').length"""
 
 
 @pytest.mark.parametrize("path", MODEL_PAGES)
-def test_mathjax_typesets_every_formula(watched, path):
+def test_katex_typesets_every_formula(watched, path):
     w = watched(DESKTOP)
     w.goto(path)
     n_math = w.page.evaluate("document.querySelectorAll('.arithmatex').length")
-    n_typeset = w.page.evaluate("document.querySelectorAll('.arithmatex mjx-container').length")
+    n_typeset = w.page.evaluate("document.querySelectorAll('.arithmatex .katex').length")
     assert n_typeset == n_math
     if path in ("", "labml_nn_switch/switch/"):
         assert n_math > 5
@@ -198,28 +207,34 @@ def test_click_on_a_name_lands_on_its_definition(watched):
     top = w.page.evaluate(f"document.getElementById({anchor!r}).getBoundingClientRect().top")
     assert 0 <= top < DESKTOP["height"] / 2
     # and its formulas were typeset again.
-    wait_for_mathjax(w.page)
+    wait_for_math(w.page)
     assert w.page.evaluate(BLANK_FORMULAS) == 0
-    assert w.page.evaluate("document.querySelectorAll('.arithmatex mjx-container').length") > 0
+    assert w.page.evaluate("document.querySelectorAll('.arithmatex .katex').length") > 0
     w.screenshot("after-click-feed_forward")
     # Back to the first page, instantly again: its formulas are typeset anew.
     w.page.go_back()
     w.page.wait_for_url(re.compile(r".*/switch/$"), timeout=15_000)
-    wait_for_mathjax(w.page)
+    wait_for_math(w.page)
     w.page.wait_for_timeout(500)
     assert w.page.evaluate("window.literateMark") == "same document"
     assert w.page.evaluate(BLANK_FORMULAS) == 0
     w.assert_clean()
 
 
-def test_search_finds_code_and_palette_toggles(watched):
-    w = watched(DESKTOP)
+def search(w: Watched, query: str) -> str:
+    """The text of the search results for `query`, from the home page."""
     w.goto("")
     w.page.click(".md-search__input")
     # Typed key by key: the theme searches on key events.
-    w.page.keyboard.type("plan_dispatch", delay=20)
+    w.page.keyboard.type(query, delay=20)
     w.page.wait_for_selector(".md-search-result__item", timeout=15_000)
-    results = w.page.inner_text(".md-search-result")
+    w.page.wait_for_timeout(300)
+    return w.page.inner_text(".md-search-result")
+
+
+def test_search_finds_code_and_palette_toggles(watched):
+    w = watched(DESKTOP)
+    results = search(w, "plan_dispatch")
     assert "def plan_dispatch" in results
     assert "#\n" not in results  # permalinks are not indexed
     w.screenshot("search")
@@ -229,3 +244,256 @@ def test_search_finds_code_and_palette_toggles(watched):
     after = w.page.evaluate("document.body.getAttribute('data-md-color-scheme')")
     assert {before, after} == {"default", "slate"}
     w.assert_clean()
+
+
+# ## The code column
+
+# Per code line: its length in characters, its rows on screen, where code
+# starts (right of the number), where its text starts on its first row and
+# where its later rows start (from the boxes of its characters), and the
+# width of one character.
+CODE_LINES = """() => {
+  const out = [];
+  for (const line of document.querySelectorAll('.literate-line')) {
+    const text = line.textContent.replace(/\\t/g, '    ');
+    const chars = [];
+    const walker = document.createTreeWalker(line, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (let i = 0; i < node.length; i++) {
+        const range = document.createRange();
+        range.setStart(node, i); range.setEnd(node, i + 1);
+        const r = range.getBoundingClientRect();
+        if (r.width > 0) chars.push({c: node.data[i], x: r.left, y: r.top, w: r.width});
+      }
+    }
+    if (!chars.length) continue;
+    const rows = [...new Set(chars.map(c => Math.round(c.y)))].sort((a, b) => a - b);
+    const first = chars.find(c => c.c.trim() !== '');
+    const later = chars.filter(c => Math.round(c.y) > rows[0]);
+    const number = line.querySelector('.literate-lineno');
+    out.push({n: number.dataset.lineno, length: text.length, origin: number.getBoundingClientRect().right,
+              rows: rows.length, start: first ? first.x : null,
+              later: later.length ? Math.min(...later.map(c => c.x)) : null, ch: chars[0].w});
+  }
+  return out;
+}"""
+
+# Code blocks wider than their box (they would scroll), and the page's own width.
+OVERFLOWING_CODE = """() => [...document.querySelectorAll('.literate-code pre, .literate-code pre > code')]
+  .filter(e => e.scrollWidth > e.clientWidth + 1).length"""
+
+
+@pytest.mark.parametrize("path", ["labml_nn_switch/switch/", "labml_nn_switch/distributed/"])
+def test_code_fits_100_columns_and_longer_lines_wrap_with_a_hanging_indent(watched, path):
+    w = watched(DESKTOP)
+    w.goto(path)
+    assert w.page.evaluate(OVERFLOWING_CODE) == 0
+    assert w.page.evaluate("document.documentElement.scrollWidth") <= DESKTOP["width"]
+    lines = w.page.evaluate(CODE_LINES)
+    assert len(lines) > 100
+    long = [line for line in lines if line["length"] > 100]
+    assert long, "the page has no line over 100 characters to wrap"
+    for line in lines:
+        if line["length"] <= 100:
+            assert line["rows"] == 1, line
+        else:
+            # Wrapped, and the rows after the first start further right than
+            # the line's own text: a hanging indent of at least two characters
+            # (for a line indented by more than 60, at least 60 in).
+            assert line["rows"] >= 2, line
+            hang = min(line["start"] + 2 * line["ch"], line["origin"] + 60 * line["ch"])
+            assert line["later"] >= hang - 1, line
+    w.screenshot("wrapped-" + path.strip("/").replace("/", "-"))
+    w.assert_clean()
+
+
+# The boxes of the copy buttons, and of every piece of code text, per block.
+COPY_BUTTON_OVERLAPS = """() => {
+  const hits = [];
+  for (const pre of document.querySelectorAll('.literate-code pre')) {
+    const button = pre.querySelector('.md-code__nav, .md-clipboard');
+    if (!button) { hits.push({missing: pre.id}); continue; }
+    const b = button.getBoundingClientRect();
+    const rects = [];
+    const walker = document.createTreeWalker(pre.querySelector('code'), NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      if (!node.data.trim()) continue;
+      const range = document.createRange();
+      range.selectNodeContents(node);
+      rects.push(...range.getClientRects());
+    }
+    for (const r of rects) {
+      if (r.width && r.left < b.right && r.right > b.left && r.top < b.bottom && r.bottom > b.top) {
+        hits.push({pre: pre.id, text: [r.left, r.top, r.right, r.bottom], button: [b.left, b.top, b.right, b.bottom]});
+      }
+    }
+  }
+  return hits;
+}"""
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["1400", "390"])
+def test_copy_button_never_covers_code(watched, viewport):
+    w = watched(viewport)
+    w.goto("labml_nn_switch/switch/")
+    assert w.page.evaluate("document.querySelectorAll('.literate-code pre').length") > 10
+    assert w.page.evaluate(COPY_BUTTON_OVERLAPS) == []
+    w.assert_clean()
+
+
+# Line-number boxes' widths, and where code starts on unindented lines.
+GUTTERS = """() => {
+  const lines = [...document.querySelectorAll('.literate-line')];
+  const widths = lines.map(l => l.querySelector('.literate-lineno').getBoundingClientRect().width);
+  const starts = lines
+    .filter(l => !l.style.getPropertyValue('--i') && l.children.length > 1)
+    .map(l => l.children[1].getBoundingClientRect().left);
+  const digits = lines.map(l => l.querySelector('.literate-lineno').dataset.lineno.length);
+  const distinct = xs => [...new Set(xs.map(x => x.toFixed(1)))];
+  return {widths: distinct(widths), starts: distinct(starts), digits: [...new Set(digits)]};
+}"""
+
+
+def test_one_line_number_width_per_page(watched):
+    w = watched(DESKTOP)
+    w.goto("labml_nn_switch/switch/")
+    gutters = w.page.evaluate(GUTTERS)
+    assert sorted(gutters["digits"]) == [2, 3]  # numbers of two and three digits
+    assert len(gutters["widths"]) == 1, gutters
+    assert len(gutters["starts"]) == 1, gutters  # code lines up across sections
+    w.assert_clean()
+
+
+# ## Where a page is
+
+def test_breadcrumbs_and_module_list_lead_between_pages(watched):
+    w = watched(DESKTOP)
+    w.goto("labml_nn_switch/switch/")
+    trail = w.page.locator(".literate-trail")
+    assert trail.is_visible()
+    assert trail.inner_text().split() == ["Home", "›", "labml_nn_switch", "›", "switch.py"]
+    trail.locator("a", has_text="labml_nn_switch").click()
+    w.page.wait_for_url(re.compile(r".*/labml_nn_switch/$"), timeout=15_000)
+    w.page.wait_for_selector(".literate-contents")
+    listed = w.page.locator(".literate-contents li a")
+    hrefs = [listed.nth(i).get_attribute("href") for i in range(listed.count())]
+    for name in ("mha", "feed_forward", "switch", "transformer", "experiment", "distributed"):
+        assert any(h.endswith(f"/labml_nn_switch/{name}/") for h in hrefs), hrefs
+    w.screenshot("module-list")
+    w.page.locator(".literate-contents li a", has_text=re.compile("^The Switch layer")).click()
+    w.page.wait_for_url(re.compile(r".*/labml_nn_switch/switch/$"), timeout=15_000)
+    wait_for_math(w.page)
+    w.assert_clean()
+
+
+# ## Search shows formulas as text
+
+def test_search_results_show_formulas_as_text(watched):
+    w = watched(DESKTOP)
+    results = search(w, "load balancing")
+    assert "∑" in results or "α" in results, results
+    for tex in ("\\(", "\\[", "\\sum", "\\alpha", "\\frac", "\\text", "$$"):
+        assert tex not in results, (tex, results)
+    w.screenshot("search-formulas")
+    w.assert_clean()
+
+
+# ## Light and dark
+
+# The colours a reader sees: notes text, a formula, code text and the code band.
+COLOURS = """() => {
+  const colour = sel => getComputedStyle(document.querySelector(sel)).color;
+  return {scheme: document.body.getAttribute('data-md-color-scheme'),
+          notes: colour('.literate-notes p'), formula: colour('.literate-notes .katex'),
+          code: colour('.literate-code code'),
+          page: getComputedStyle(document.body).backgroundColor};
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_palette_follows_the_system_and_formulas_take_the_text_colour(browser, base_url, scheme):
+    w = Watched(browser, base_url, DESKTOP, color_scheme=scheme)
+    try:
+        w.goto("labml_nn_switch/switch/")
+        colours = w.page.evaluate(COLOURS)
+        assert colours["scheme"] == {"light": "default", "dark": "slate"}[scheme]
+        assert colours["formula"] == colours["notes"]
+        assert colours["code"] != colours["page"]
+        w.screenshot(f"switch-{scheme}")
+        w.assert_clean()
+    finally:
+        w.close()
+
+
+# ## A project with a repository, and labml_nn-style formulas
+
+REPO = "https://github.com/example-owner/mini"
+
+MINI_REPO_CONFIG = MINI_CONFIG.rstrip() + f"\n    repo_url: {REPO}\n"
+
+# Notes as labml_nn writes them: environments, text, blackboard and
+# calligraphic letters, operators, big delimiters, accents.
+LABML_STYLE = r'''
+r"""
+# Formulas as labml_nn writes them
+
+The loss is $\mathcal{L}(\theta) = \mathbb{E}_{x \sim p}\big[ \log q_\theta(x) \big]$
+and $\operatorname{softmax}(x)_i = \frac{e^{x_i}}{\sum_j e^{x_j}}$.
+
+$$
+\begin{align}
+\hat{y} &= \underset{y}{\operatorname{arg\,max}} \; p(y \vert x) \\
+\tilde{\alpha}_t &= \mathop{\text{clip}}\Big(\frac{\pi_\theta}{\pi_{\theta_{old}}}, 1 - \epsilon, 1 + \epsilon\Big) \\
+\nabla_\theta J &= \prod_{i=1}^{N} \sqrt{\lVert W_i^\top \rVert} \cdot \color{orange}{\dots}
+\end{align}
+$$
+"""
+
+
+def loss(x):
+    return x
+'''
+
+
+@pytest.fixture(scope="module")
+def repo_site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repo-site")
+    config = write_project(root, config=MINI_REPO_CONFIG, extra={"pkg/notes.py": LABML_STYLE})
+    result = mkdocs_build(config, root / "site")
+    assert result.returncode == 0, result.stdout + result.stderr
+    with serve(root / "site") as url:
+        yield url
+
+
+def test_repository_links_without_a_request_outside_the_site(browser, repo_site):
+    w = Watched(browser, repo_site, DESKTOP)
+    try:
+        # Anything not for the site is refused (and recorded by `assert_clean`).
+        w.context.route(re.compile(r"^(?!http://127\.0\.0\.1[:/]).*"), lambda route: route.abort())
+        w.goto("pkg/notes/")
+        # The theme fetches its repository facts after the page is shown.
+        w.page.wait_for_timeout(1500)
+        assert w.page.get_attribute(".md-header .md-source", "href") == REPO
+        numbers = w.page.locator("a.literate-lineno")
+        assert numbers.count() > 0
+        line = numbers.first.get_attribute("data-lineno")
+        assert numbers.first.get_attribute("href") == f"{REPO}/blob/main/pkg/notes.py#L{line}"
+        w.screenshot("repo-links")
+        w.assert_clean()
+    finally:
+        w.close()
+
+
+def test_labml_style_formulas_typeset(browser, repo_site):
+    w = Watched(browser, repo_site, DESKTOP)
+    try:
+        w.goto("pkg/notes/")
+        assert w.page.evaluate("document.querySelectorAll('.arithmatex .katex').length") == 3
+        assert w.page.evaluate("document.querySelectorAll('.arithmatex .katex-display').length") == 1
+        assert w.page.evaluate(BLANK_FORMULAS) == 0
+        # Each align row is a row of the typeset formula.
+        assert w.page.evaluate("document.querySelector('.katex-display').getBoundingClientRect().height") > 80
+        w.screenshot("labml-style-formulas")
+        w.assert_clean()
+    finally:
+        w.close()

@@ -1,9 +1,9 @@
 """
 The site as a whole: the repository's site builds with `mkdocs build --strict`,
 has a page per module, links and anchors that resolve, search over notes and
-code, MathJax served from the site, and nothing loaded from elsewhere. (The
-plugin's errors and options are tested on small fixture projects in
-mkdocs-literate/tests.)
+code (formulas as readable text, not TeX), KaTeX served from the site, and
+nothing loaded from elsewhere. (The plugin's errors and options are tested
+on small fixture projects in mkdocs-literate/tests.)
 """
 
 from __future__ import annotations
@@ -92,7 +92,18 @@ def test_search_indexes_notes_and_code():
     assert "router" in text
 
 
-def test_no_external_resources_and_mathjax_from_the_site():
+def test_search_index_has_formulas_as_text_not_tex():
+    site = require_real_site().path
+    index = json.loads((site / "search" / "search_index.json").read_text())
+    notes = [d for d in index["docs"] if d["location"].startswith("labml_nn_switch/")]
+    text = " ".join(d["text"] for d in notes)
+    # The Switch layer's formulas, readable: p_i(x) = softmax(h(x))_i, ∑, α ...
+    assert "∑" in text and "α" in text
+    for tex in ("\\(", "\\[", "\\frac", "\\sum", "\\alpha", "\\text{", "\\begin{", "$$"):
+        assert tex not in text, (tex, text[max(0, text.find(tex) - 100):text.find(tex) + 100])
+
+
+def test_no_external_resources_and_katex_from_the_site():
     built = require_real_site()
     site = built.path
     external = re.compile(r"^(https?:)?//")
@@ -105,14 +116,15 @@ def test_no_external_resources_and_mathjax_from_the_site():
             assert host not in text, (page, host)
     for css in site.rglob("*.css"):
         assert not re.search(r"url\(\s*['\"]?(https?:)?//", css.read_text()), css
-    mathjax = site / "assets" / "mathjax"
-    assert (mathjax / "tex-chtml.js").is_file()
-    assert any((mathjax / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
-    assert (mathjax / "input" / "tex" / "extensions" / "boldsymbol.js").is_file()
+    katex = site / "assets" / "literate" / "katex"
+    assert (katex / "katex.min.js").is_file()
+    # Every font the stylesheet names in woff2 is there.
+    fonts = re.findall(r"url\((fonts/[^)]+\.woff2)\)", (katex / "katex.min.css").read_text())
+    assert len(fonts) > 10 and all((katex / font).is_file() for font in fonts)
     switch = (site / "labml_nn_switch" / "switch" / "index.html").read_text()
-    assert 'class="arithmatex"' in switch
-    assert "assets/mathjax/tex-chtml.js" in switch
-    assert switch.index("assets/literate/literate.js") < switch.index("assets/mathjax/tex-chtml.js")
+    assert 'class="arithmatex" data-tex=' in switch
+    assert "assets/literate/katex/katex.min.css" in switch
+    assert switch.index("assets/literate/katex/katex.min.js") < switch.index("assets/literate/literate.js")
 
 
 def test_literate_pages_carry_title_and_description():

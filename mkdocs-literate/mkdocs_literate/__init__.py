@@ -17,9 +17,15 @@ generator, an [mkdocs](https://www.mkdocs.org) plugin of four small parts:
 * [notes.py](notes.py) lets notes follow the conventions literate authors
   already use (`.html` links to modules, `$$` inside paragraphs);
 * [render.py](render.py) turns sections into a page: notes as Markdown,
-  code highlighted with line numbers, names linked to their definitions;
+  code highlighted with line numbers, names linked to their definitions,
+  breadcrumbs and a package's list of modules;
+* [formulas.py](formulas.py) gets formulas ready for KaTeX, which typesets
+  them in the browser, and gives search their text;
+* [catalogue.py](catalogue.py) and [translate.py](translate.py) render
+  the pages in another language from translation catalogues that know when
+  the English has changed since, with a command for translators;
 * [plugin.py](plugin.py) wires it into mkdocs: pages, navigation, assets,
-  MathJax and `mkdocs serve`; its options are in [config.py](config.py).
+  KaTeX and `mkdocs serve`; its options are in [config.py](config.py).
 
 To use it on your own code, install this package and add to `mkdocs.yml`:
 

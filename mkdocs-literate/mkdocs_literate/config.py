@@ -67,6 +67,14 @@ class LiterateConfig(base.Config):
     # form); with neither, line numbers are not links.
     line_url = c.Optional(c.Type(str))
     branch = c.Type(str, default="main")
-    # Serve MathJax from the site itself (from the `django-static-mathjax`
-    # package) and typeset `pymdownx.arithmatex` output with it.
-    mathjax = c.Type(bool, default=True)
+    # Typeset the formulas of `pymdownx.arithmatex` (generic mode) with
+    # KaTeX, served from the site itself, and give search their text in
+    # readable Unicode (see formulas.py).
+    math = c.Type(bool, default=True)
+    # Build the site in another language (`zh`): the notes of every page come
+    # from the catalogues in `translations/<language>/` (see
+    # [translate.py](translate.py)), and the site's address gets `<language>/`
+    # added, since the translated site is served under the original one.
+    language = c.Optional(c.Type(str))
+    # The catalogues' folder, relative to `mkdocs.yml`.
+    translations = c.Type(str, default="translations")

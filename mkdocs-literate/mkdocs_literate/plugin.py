@@ -4,7 +4,7 @@ title: "Plugin: the mkdocs wiring"
 summary: >
   The literate mkdocs plugin: which files become pages, how they enter the
   site and its navigation, where the code goes into the rendered page, and the
-  assets and MathJax it serves.
+  assets and the one template it adds.
 ---
 
 # The mkdocs plugin
@@ -15,11 +15,11 @@ one small job in each.
 
 | event | job |
 |---|---|
-| `on_config` | find the source files, add our Markdown needs, CSS and JavaScript |
+| `on_config` | find the source files, add our Markdown needs, CSS, JavaScript and template; set up a translation |
 | `on_files` | parse every source file and add its page, in memory, to the site's files, with the images beside it |
-| `on_page_markdown` | remember which page is being rendered (for links to modules) |
-| `on_page_content` | put the highlighted, linked code into the rendered page |
-| `on_post_build` | copy our CSS and JavaScript and MathJax into the site |
+| `on_page_markdown` | remember which page is being rendered (for links to modules); its edit link; translate a hand-written page |
+| `on_page_content` | put the highlighted, linked code into the rendered page; prepare formulas |
+| `on_post_build` | copy our CSS and JavaScript and KaTeX into the site |
 | `on_serve` | make `mkdocs serve` watch the source files |
 
 The pages are generated on every build and never written to `docs/`. The
@@ -29,7 +29,6 @@ plugin is registered under the name `literate` (an entry point in
 
 from __future__ import annotations
 
-import importlib.util
 import posixpath
 import shutil
 from dataclasses import dataclass
@@ -40,16 +39,17 @@ from mkdocs.plugins import BasePlugin, get_plugin_logger
 from mkdocs.structure.files import File
 from mkdocs.utils import get_relative_url, nest_paths
 
+from . import formulas
 from .config import LiterateConfig
 from .notes import NotesExtension
 from .render import Linker, code_html, fill_code, highlight_lines, page_markdown
 from .sections import ParseError, parse
+from .translate import Translator
 
 log = get_plugin_logger("literate")
 
 # Where our files go in the built site.
 ASSETS = "assets/literate"
-MATHJAX = "assets/mathjax"
 # The files beside a module that are images, copied into the site.
 IMAGES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".avif")
 
@@ -82,6 +82,7 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
         self.sources = self._find_sources()
         self.by_rel_path = {s.rel_path: s for s in self.sources}
         self.by_uri = {s.src_uri: s for s in self.sources}
+        self.by_module = {s.module: s for s in self.sources}
 
         # Notes sit inside HTML blocks, so Markdown must look inside them;
         # links to modules and display math inside paragraphs need help
@@ -91,21 +92,64 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
         math = "pymdownx.arithmatex" in config.markdown_extensions
         config.markdown_extensions.append(NotesExtension(self, math=math))
 
-        # Our stylesheet and script; MathJax after the script that
-        # configures it.
+        # Our stylesheet and script; KaTeX before the script that uses it.
         config.extra_css.append(f"{ASSETS}/literate.css")
+        if self.config.math:
+            config.extra_css.append(f"{ASSETS}/{formulas.KATEX_CSS}")
+            config.extra_javascript.append(f"{ASSETS}/{formulas.KATEX_JS}")
         config.extra_javascript.append(f"{ASSETS}/literate.js")
-        if self.config.mathjax:
-            self.mathjax_dir = _mathjax_dir()
-            config.extra_javascript.append(f"{MATHJAX}/tex-chtml.js")
+
+        # Our one template: mkdocs-material's repository link in the header,
+        # without the attribute that makes the theme's script ask GitHub's API
+        # for the repository's stars and forks from the reader's browser. The
+        # link stays; the site makes no request outside itself. A user's own
+        # `custom_dir` still comes first; other themes never use the file.
+        dirs = config.theme.dirs
+        dirs.insert(1 if config.theme.custom_dir else 0, str(Path(__file__).parent / "templates"))
 
         # The address of a source line, if there is a repository to link to.
+        # The theme's "edit this page" link of a literate page goes to its
+        # source file, in GitHub's form, when the address comes from `repo_url`.
         self.line_url = self.config.line_url
+        self.edit_url = None
         if not self.line_url and config.repo_url:
-            self.line_url = (config.repo_url.rstrip("/")
-                             + f"/blob/{self.config.branch}/{{path}}#L{{line}}")
+            repo = config.repo_url.rstrip("/")
+            self.line_url = repo + f"/blob/{self.config.branch}/{{path}}#L{{line}}"
+            self.edit_url = repo + f"/edit/{self.config.branch}/{{path}}"
         self.current_file = None
+        self.translator = self._translator(config)
         return config
+
+    # ## Translation
+    #
+    # In another language, notes come from catalogues (see
+    # [translate.py](translate.py)): translated headings carry their English
+    # anchors (`attr_list`), the site lives under `<language>/` of the
+    # original's address, and our stylesheet marks what is not translated yet.
+    # The language switcher's script is added in every language.
+    def _translator(self, config) -> Translator | None:
+        config.extra_css.append(f"{ASSETS}/translate.css")
+        config.extra_javascript.append(f"{ASSETS}/translate.js")
+        language = self.config.language
+        if not language:
+            return None
+        if "attr_list" not in config.markdown_extensions:
+            config.markdown_extensions.append("attr_list")
+        if config.site_url and not config.site_url.rstrip("/").endswith(f"/{language}"):
+            config.site_url = config.site_url.rstrip("/") + f"/{language}/"
+        slugify = config.mdx_configs.get("toc", {}).get("slugify")
+        translator = Translator(self.root, self.config.translations, language, slugify)
+        # Chinese search splits text into words with jieba at build time
+        # (mkdocs-material's search plugin does, when jieba is installed):
+        # teach it the glossary's terms, so that `容量因子` is one word.
+        try:
+            import jieba
+        except ImportError:
+            jieba = None
+        if jieba is not None and language.startswith("zh"):
+            for term in translator.glossary.terms.values():
+                jieba.add_word(term)
+        return translator
 
     # Each configured source gives a list of files; with none configured, each
     # package beside `mkdocs.yml`. A file claimed by two sources goes to the
@@ -183,10 +227,15 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
 
     # ## on_files
     #
-    # Parse every source and add its page to the site as a file generated in
-    # memory. A parse error becomes a build error naming `path:line`.
+    # Parse every source, then add its page to the site as a file generated in
+    # memory, with its breadcrumbs and, for a package, its modules (which
+    # need every module's title). A parse error becomes a build error naming
+    # `path:line`.
     def on_files(self, files, *, config):
         self.modules = {}
+        # What the pages show: the modules with their notes translated, in
+        # another language.
+        self.shown = {}
         self.texts = {}
         self.page_files = {}
         for source in self.sources:
@@ -198,12 +247,18 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
             if files.get_file_from_path(source.src_uri) is not None:
                 raise PluginError(f"literate: {source.rel_path} would become {source.src_uri}, "
                                   f"which is already a documentation file")
-            file = File.generated(config, source.src_uri, content=page_markdown(module))
+            self.modules[source.module] = module
+            self.shown[source.module] = self.translator.module(module) if self.translator else module
+            self.texts[source.module] = text
+        home = files.get_file_from_path("index.md")
+        for source in self.sources:
+            markdown = page_markdown(self.shown[source.module], self._trail(source, home),
+                                     self._contents(source))
+            file = File.generated(config, source.src_uri, content=markdown)
             files.append(file)
             self.page_files[source.module] = file
-            self.modules[source.module] = module
-            self.texts[source.module] = text
         self.linker = Linker(self.modules)
+        self._translation_warnings()
         self._add_images(files, config)
         # The `.html` links of notes are checked against the site's files.
         self.files = files
@@ -224,8 +279,35 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
                 if image.suffix.lower() in IMAGES and files.get_file_from_path(uri) is None:
                     files.append(File.generated(config, uri, abs_src_path=str(image)))
 
+    # The breadcrumbs of a page: the home page (a hand-written `index.md`),
+    # each rendered package the module is in, outermost first, and the page's
+    # own file. A module's package is its name less the last part; a
+    # package's, its own name less the last part.
+    def _trail(self, source: SourceFile, home) -> list[tuple[str, str | None]]:
+        here = posixpath.dirname(source.src_uri) or "."
+        trail = [(self._phrase("Home"), posixpath.relpath(home.src_uri, here))] if home else []
+        parts = source.module.split(".")
+        for i in range(1, len(parts)):
+            package = self.by_module.get(".".join(parts[:i]))
+            if package is not None and package.is_package:
+                trail.append((parts[i - 1], posixpath.relpath(package.src_uri, here)))
+        own = parts[-1] if source.is_package else posixpath.basename(source.rel_path)
+        return trail + [(own, None)]
+
+    # The modules of a package's page: those whose package it is, in the
+    # order of the navigation.
+    def _contents(self, source: SourceFile) -> list[tuple[str, str, str | None]]:
+        if not source.is_package:
+            return []
+        here = posixpath.dirname(source.src_uri) or "."
+        children = [s for s in self.sources if s is not source
+                    and s.module.rpartition(".")[0] == source.module]
+        return [(self.shown[s.module].title, posixpath.relpath(s.src_uri, here),
+                 self.shown[s.module].summary) for s in sorted(children, key=self._order_key)]
+
     # Hand-written pages first, as mkdocs would list them, then a section per
-    # source: modules named in `order` first, then the rest by name.
+    # source: modules named in `order` first, then the package itself, then
+    # the rest by name.
     def _nav(self, files):
         generated = set(self.by_uri)
         handwritten = [f.src_uri for f in files.documentation_pages() if f.src_uri not in generated]
@@ -233,32 +315,55 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
         for group in sorted({s.group for s in self.sources}):
             members = [s for s in self.sources if s.group == group]
             entry = self.config.sources[group] if self.config.sources else None
-            order = list(entry.order) if entry else []
-
-            def key(s, order=order):
-                if s.short_name in order:
-                    return (0, order.index(s.short_name), "")
-                return (1, 0 if s.short_name == "__init__" else 1, s.short_name)
-
-            pages = [s.src_uri for s in sorted(members, key=key)]
-            title = entry.nav if entry and entry.nav else self.titles[group]
+            pages = [s.src_uri for s in sorted(members, key=self._order_key)]
+            title = self._phrase(entry.nav if entry and entry.nav else self.titles[group])
             nav.append({title: pages})
         return nav
+
+    def _order_key(self, source: SourceFile):
+        order = list(self.config.sources[source.group].order) if self.config.sources else []
+        if source.short_name in order:
+            return (0, order.index(source.short_name), "")
+        return (1, 0 if source.short_name == "__init__" else 1, source.short_name)
 
     # ## on_page_markdown
     #
     # The `.py` link rewriter runs inside Markdown, which does not know the
-    # page; this tells it.
+    # page; this tells it. A literate page's edit link is set here too.
     def on_page_markdown(self, markdown, *, page, config, files):
         self.current_file = page.file
+        source = self.by_uri.get(page.file.src_uri)
+        if source is not None and self.edit_url:
+            page.edit_url = self.edit_url.format(path=source.rel_path)
+        if self.translator and source is None and page.file.abs_src_path:
+            # The catalogue of `docs/index.md` is `translations/<language>/docs/index.md.yaml`.
+            path = Path(page.file.abs_src_path).resolve()
+            rel_path = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) \
+                else page.file.src_uri
+            markdown = self.translator.markdown(rel_path, markdown, page.meta)
+            self._translation_warnings()
         return markdown
+
+    # A short text of the site's own, in the site's language.
+    def _phrase(self, text: str) -> str:
+        return self.translator.phrase(text) if self.translator else text
+
+    def _translation_warnings(self):
+        if self.translator:
+            for warning in self.translator.warnings:
+                log.warning(warning)
+            self.translator.warnings.clear()
 
     # ## on_page_content
     #
-    # The notes are rendered; now the code. Highlight the file once, with
-    # every name the linker can resolve turned into a link, and fill each
-    # section's placeholder.
+    # On every page, hand-written ones too, formulas get ready for KaTeX and
+    # for search ([formulas.py](formulas.py)). On a literate page, the notes
+    # are rendered; now the code. Highlight the file once, with every name
+    # the linker can resolve turned into a link, and fill each section's
+    # placeholder.
     def on_page_content(self, html, *, page, config, files):
+        if self.config.math:
+            html = formulas.prepare(html)
         source = self.by_uri.get(page.file.src_uri)
         if source is None:
             return html
@@ -296,19 +401,11 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
 
     # ## on_post_build
     #
-    # Copy our assets, and the parts of MathJax the browser may ask for: the
-    # TeX-to-HTML bundle, its fonts, the TeX extensions it loads on demand and
-    # the menu's accessibility parts.
+    # Copy our assets, KaTeX among them unless formulas are left alone.
     def on_post_build(self, *, config):
         site = Path(config.site_dir)
-        shutil.copytree(Path(__file__).parent / "assets", site / ASSETS, dirs_exist_ok=True)
-        if self.config.mathjax:
-            target = site / MATHJAX
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(self.mathjax_dir / "tex-chtml.js", target / "tex-chtml.js")
-            for part in ("input/tex/extensions", "output/chtml/fonts/woff-v2", "ui", "a11y", "sre"):
-                if (self.mathjax_dir / part).is_dir():
-                    shutil.copytree(self.mathjax_dir / part, target / part, dirs_exist_ok=True)
+        skip = None if self.config.math else shutil.ignore_patterns("katex")
+        shutil.copytree(Path(__file__).parent / "assets", site / ASSETS, dirs_exist_ok=True, ignore=skip)
 
     # ## on_serve
     #
@@ -348,15 +445,3 @@ def _module_name(file: Path) -> str:
 
 def _excluded(short_name: str, exclude: list[str]) -> bool:
     return any(short_name == e or short_name.startswith(e + ".") for e in exclude)
-
-
-# MathJax's files, from the `django-static-mathjax` package.
-def _mathjax_dir() -> Path:
-    spec = importlib.util.find_spec("mathjax")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            es5 = Path(location) / "static" / "mathjax" / "es5"
-            if (es5 / "tex-chtml.js").is_file():
-                return es5
-    raise PluginError("literate: MathJax not found; install django-static-mathjax "
-                      "(it comes with the project's docs extra), or set mathjax: false")

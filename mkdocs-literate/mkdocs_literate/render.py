@@ -21,19 +21,20 @@ Rendering happens in two halves, because the two columns need different tools.
 * **Code** is HTML we write ourselves from Pygments tokens, because we want
   things Pygments' own formatter does not do: line numbers that keep the
   original numbering across the gaps where notes were lifted out, a link per
-  line to the repository, and links from names to their definitions.
+  line to the repository, links from names to their definitions, and long
+  lines that wrap beside their number with a hanging indent.
   `code_html` renders a section's code and `fill_code` puts it into the page
   after Markdown is done.
 
-The CSS classes are those of Pygments' HTML formatter, in the table layout of
-`pymdownx.highlight`, so the theme colours the code as it colours every other
-code block, in light and dark mode alike.
+The CSS classes are those of Pygments' HTML formatter, inside a `.highlight`
+block as `pymdownx.highlight` writes it, so the theme colours the code as it
+colours every other code block, in light and dark mode alike.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import yaml
 from pygments.lexers import PythonLexer
@@ -48,15 +49,27 @@ from .sections import Module, Section
 # The page starts with mkdocs front matter: the title, the summary as the
 # meta description (mkdocs-material puts it in `<meta name="description">`),
 # and `hide: [toc]`, since the notes column already is the table of contents.
-def page_markdown(module: Module) -> str:
-    """The Markdown source of a literate page, with code placeholders."""
+def page_markdown(module: Module, trail: Sequence[tuple[str, str | None]] = (),
+                  contents: Sequence[tuple[str, str, str | None]] = ()) -> str:
+    """
+    The Markdown source of a literate page, with code placeholders.
+
+    `trail` are the breadcrumbs, `(label, link)`, the page itself last with
+    link `None`; `contents` the modules of a package, `(title, link, summary)`.
+    Links are to `.md` pages, relative to this one.
+    """
     meta = {"title": module.title, "hide": ["toc"], "literate": module.path}
     if module.summary:
         meta["description"] = " ".join(str(module.summary).split())
     front = yaml.safe_dump(meta, allow_unicode=True, sort_keys=False)
-    parts = [f"---\n{front}---\n", '<div class="literate" markdown>\n']
+    parts = [f"---\n{front}---\n",
+             f'<div class="literate" style="--literate-digits:{number_digits(module)}" markdown>\n']
+    if trail:
+        parts.append(_trail_markdown(trail))
     for i, section in enumerate(module.sections):
         parts.append(_section_markdown(i, section))
+    if contents:
+        parts.append(_contents_markdown(contents))
     parts.append("</div>\n")
     return "\n".join(parts)
 
@@ -75,6 +88,39 @@ def _section_markdown(index: int, section: Section) -> str:
         f"{code_placeholder(index)}\n"
         f"</div>\n"
     )
+
+
+# ## Where the page is
+#
+# As on nn.labml.ai, a page starts with its place in the site: the home page
+# and each package it is in, as links (breadcrumbs), then its own file. A
+# package's page ends with its modules, each with its title and summary. The
+# plugin, which knows the site, gives the links; they go to `.md` pages, so
+# mkdocs checks them and makes them URLs like any other link. Breadcrumbs are
+# left out of the search index.
+def _trail_markdown(trail: Sequence[tuple[str, str | None]]) -> str:
+    crumbs = [f"[{_link_text(label)}]({link})" if link
+              else f'<span aria-current="page">{html.escape(label)}</span>'
+              for label, link in trail]
+    return ('<nav class="literate-trail" aria-label="Breadcrumbs" data-search-exclude markdown="span">'
+            + ' <span class="literate-trail__sep">›</span> '.join(crumbs) + "</nav>\n")
+
+
+def _contents_markdown(contents: Sequence[tuple[str, str, str | None]]) -> str:
+    items = "\n".join(f"* [{_link_text(title)}]({link})"
+                      + (f": {html.escape(' '.join(summary.split()))}" if summary else "")
+                      for title, link, summary in contents)
+    return ('<div class="literate-section literate-contents" markdown>\n'
+            '<div class="literate-notes" markdown>\n\n'
+            f"## In this package\n\n{items}\n\n"
+            "</div>\n"
+            '<div class="literate-code literate-code--empty"></div>\n'
+            "</div>\n")
+
+
+# Text for a Markdown link: HTML-escaped, with the brackets that would end it escaped.
+def _link_text(text: str) -> str:
+    return html.escape(text).replace("[", "\\[").replace("]", "\\]")
 
 
 # The placeholder is an empty element Markdown passes through as it is.
@@ -168,10 +214,17 @@ def _css_class(ttype) -> str:
 
 # ## A section's code
 #
-# The code column is the table layout of `pymdownx.highlight`: line numbers in
-# one cell, code in the other, so the copy button copies code without numbers
-# and the search index skips the numbers (`linenodiv`). Each number links to
-# its line in the repository when `line_url(n)` gives an address.
+# One `<pre><code>` per section, one element per line: the line's number,
+# then its code. Numbers and code share the line, so a long line can wrap
+# and its number stays beside its first row. A wrapped line continues with a
+# hanging indent: its own indentation and four more (`--i` is the
+# indentation, in characters; the stylesheet does the rest).
+#
+# The number is not text but CSS content (`data-lineno`, shown by `::before`):
+# copying code, with the theme's copy button or by selecting it, gives the code
+# alone, and search does not index numbers. Each number links to its line in
+# the repository when `line_url(n)` gives an address. The CSS classes inside
+# the code are Pygments', so the theme colours it like any other code block.
 def code_html(section: Section, lines_html: list[str],
               line_url: Callable[[int], str | None] | None = None) -> str:
     """The permalink and code column of one section."""
@@ -181,23 +234,31 @@ def code_html(section: Section, lines_html: list[str],
                  f'data-search-exclude>#</a>')
     if not section.code:
         return permalink + '<div class="literate-code literate-code--empty"></div>'
-    numbers, code = [], []
+    rows = []
     for line in section.code:
         url = line_url(line.number) if line_url else None
-        number = str(line.number)
         if url:
-            number = f'<a href="{html.escape(url)}" title="Line {line.number} in the repository">{number}</a>'
-        numbers.append(f'<span class="normal">{number}</span>')
-        code.append(lines_html[line.number - 1])
+            label = f"Line {line.number} in the repository"
+            number = (f'<a class="literate-lineno" data-lineno="{line.number}" '
+                      f'href="{html.escape(url)}" title="{label}" aria-label="{label}"></a>')
+        else:
+            number = f'<span class="literate-lineno" data-lineno="{line.number}"></span>'
+        expanded = line.text.expandtabs(4)
+        indent = len(expanded) - len(expanded.lstrip(" "))
+        style = f' style="--i:{indent}"' if indent else ""
+        rows.append(f'<span class="literate-line"{style}>{number}{lines_html[line.number - 1]}</span>')
     return (
         permalink
-        + '<div class="literate-code"><div class="highlight"><table class="highlighttable"><tbody><tr>'
-        + '<td class="linenos"><div class="linenodiv"><pre><span></span>'
-        + "\n".join(numbers)
-        + '</pre></div></td><td class="code"><div><pre><span></span><code>'
-        + "\n".join(code)
-        + "</code></pre></div></td></tr></tbody></table></div></div>"
+        + f'<div class="literate-code" style="--rows:{len(rows)}"><div class="highlight"><pre><code>'
+        + "\n".join(rows)
+        + "</code></pre></div></div>"
     )
+
+
+# The widest line number of a page, in digits: every section's number gutter
+# gets this width, so code lines up from one section to the next.
+def number_digits(module: Module) -> int:
+    return max((len(str(line.number)) for s in module.sections for line in s.code), default=1)
 
 
 # ## Linking names to definitions

@@ -259,22 +259,30 @@ class _LiterateParser(HTMLParser):
 _MARKS = {"literate-notes", "arithmatex"}
 
 
-# The code tables are read with patterns (they are most of a page's tags),
-# the rest with the parser.
-_TABLE = re.compile(r'<table class="highlighttable">.*?</table>', re.S)
+# The code columns are read with patterns (they are most of a page's tags),
+# the rest with the parser. A column is a `pre` of one `literate-line` per
+# source line, its number in `data-lineno` (the renderer's layout), or a table
+# of numbers and code (`pymdownx.highlight`'s).
+_COLUMN = re.compile(r'<div class="literate-code"[^>]*><div class="highlight"><pre><code>(.*?)</code></pre></div></div>'
+                     r'|<table class="highlighttable">.*?</table>', re.S)
+_LINE = re.compile(r'<span class="literate-line"[^>]*><(?:span|a) class="literate-lineno" data-lineno="(\d+)"')
 _CELL = re.compile(r'<td class="(linenos|code)">(.*?)</td>', re.S)
 
 
 def read_literate_page(path: Path) -> LiteratePage:
     text = path.read_text(encoding="utf-8")
     code = []
-    for table in _TABLE.findall(text):
-        cells = dict(_CELL.findall(table))
+    for column in _COLUMN.finditer(text):
+        if column.group(1) is not None:
+            for row in column.group(1).split("\n"):
+                code.append((int(_LINE.match(row).group(1)), strip_tags(row)))
+            continue
+        cells = dict(_CELL.findall(column.group(0)))
         numbers = strip_tags(cells["linenos"]).strip("\n").split("\n")
         lines = strip_tags(cells["code"]).split("\n")
         code.extend(zip((int(n) for n in numbers), lines))
     parser = _LiterateParser()
-    parser.feed(_TABLE.sub("", text))
+    parser.feed(_COLUMN.sub("", text))
     parser.close()
     return LiteratePage("".join(parser.notes), parser.formulas, "".join(parser.prose), code)
 
@@ -355,6 +363,14 @@ def formulas(markdown: str) -> list[str]:
 
 def squash(text: str) -> str:
     return " ".join(text.split())
+
+
+# A formula's TeX without its delimiters and with its spaces squashed: the
+# same formula however much space the source put inside `$...$`.
+def tex(formula: str) -> str:
+    if formula[:2] in ("\\(", "\\[") and formula[-2:] in ("\\)", "\\]"):
+        formula = formula[2:-2]
+    return squash(formula)
 
 
 def check_module(file: Path, page: Path) -> dict:

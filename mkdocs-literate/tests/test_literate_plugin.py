@@ -1,11 +1,12 @@
 """
 The plugin on small fixture projects, built with `mkdocs build --strict` as a
 user would: default sources, errors that name what is wrong, navigation
-options, `mkdocs serve` watching the sources.
+options, `mkdocs serve` watching the sources, repository and edit links.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,7 @@ def test_nav_order_sections_and_new_hand_written_pages(tmp_path):
           name: mkdocs
         plugins:
           - literate:
-              mathjax: false
+              math: false
               sources:
                 - path: pkg
                   nav: The package
@@ -97,7 +98,8 @@ def test_nav_order_sections_and_new_hand_written_pages(tmp_path):
     # `order` first (layer), then the package itself, then the rest by name.
     positions = [home.index(f'href="{p}"') for p in ("pkg/layer/", "pkg/", "pkg/helpers/")]
     assert positions == sorted(positions)
-    assert not (tmp_path / "site" / "assets" / "mathjax").exists()
+    assert not (tmp_path / "site" / "assets" / "literate" / "katex").exists()
+    assert "katex" not in home
 
 
 def test_serve_watches_the_sources(tmp_path):
@@ -124,7 +126,7 @@ def test_a_source_url_places_its_pages_and_links_follow(tmp_path):
           name: mkdocs
         plugins:
           - literate:
-              mathjax: false
+              math: false
               sources:
                 - path: pkg
                   url: library/api
@@ -144,3 +146,36 @@ def test_a_source_url_places_its_pages_and_links_follow(tmp_path):
     targets = {resolve_link(site, index, href) for href, _ in parse_page(index).links}
     assert (site / "library" / "api" / "layer" / "index.html", "Layer") in targets
     assert (site / "library" / "api" / "figure.png").is_file()
+
+
+def test_repository_links_edit_links_and_the_theme_template(tmp_path):
+    config = """
+        site_name: Mini
+        repo_url: https://github.com/owner/mini
+        theme:
+          name: material
+          font: false
+          custom_dir: overrides
+          features: [content.action.edit]
+        plugins:
+          - literate
+        markdown_extensions:
+          - pymdownx.arithmatex:
+              generic: true
+        """
+    (tmp_path / "overrides").mkdir()
+    result = build(tmp_path, config=config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    page = (tmp_path / "site" / "pkg" / "layer" / "index.html").read_text()
+    # Lines link to the repository, the edit link goes to the source file, and
+    # the header's repository link has no mark for the theme to fetch GitHub's API.
+    assert re.search(r'class="literate-lineno" data-lineno="\d+" '
+                     r'href="https://github.com/owner/mini/blob/main/pkg/layer.py#L\d+"', page)
+    assert 'href="https://github.com/owner/mini/edit/main/pkg/layer.py"' in page
+    assert 'class="md-source"' in page and 'data-md-component="source"' not in page
+    # Our template comes after the user's own overrides, before the theme's.
+    from mkdocs.config import load_config
+    loaded = load_config(str(tmp_path / "mkdocs.yml"))
+    dirs = loaded.plugins["literate"].on_config(loaded).theme.dirs
+    assert Path(dirs[0]) == (tmp_path / "overrides").resolve()
+    assert Path(dirs[1]).name == "templates" and Path(dirs[1]).parent.name == "mkdocs_literate"

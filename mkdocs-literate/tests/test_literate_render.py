@@ -18,7 +18,7 @@ from mkdocs.config import load_config
 from mkdocs.utils.meta import get_data
 
 from mkdocs_literate.render import (
-    Linker, code_html, fill_code, highlight_lines, page_markdown)
+    Linker, code_html, fill_code, highlight_lines, number_digits, page_markdown)
 from mkdocs_literate.sections import parse
 from literate_testing import mkdocs_build, parse_page, resolve_link, strip_tags, write_project
 
@@ -138,16 +138,27 @@ def test_code_html_line_numbers_and_repository_links():
     lines = highlight_lines(source)
 
     plain = code_html(section, lines)
-    numbers = re.search(r'<div class="linenodiv"><pre>(.*?)</pre>', plain, re.S).group(1)
-    assert strip_tags(numbers).split() == ["1", "3"]
+    # Numbers are attributes shown by CSS, not text: copying code copies no numbers.
+    assert re.findall(r'class="literate-lineno" data-lineno="(\d+)"', plain) == ["1", "3"]
+    assert "<a" not in plain.split("</a>", 1)[1]  # only the permalink is a link
     assert "github" not in plain
     assert f'href="#{section.anchor}"' in plain
 
     linked = code_html(section, lines, lambda n: f"https://example.invalid/pkg/a.py#L{n}")
-    assert 'href="https://example.invalid/pkg/a.py#L1"' in linked
-    assert 'href="https://example.invalid/pkg/a.py#L3"' in linked
+    assert re.findall(r'<a class="literate-lineno" data-lineno="(\d+)" href="([^"]+)"', linked) == [
+        ("1", "https://example.invalid/pkg/a.py#L1"), ("3", "https://example.invalid/pkg/a.py#L3")]
     code = re.search(r"<code>(.*?)</code>", linked, re.S).group(1)
     assert strip_tags(code) == "def f(x):\n    return x"
+    # Each line carries its indentation, for the hanging indent of its wrapped rows.
+    assert re.findall(r'<span class="literate-line"(?: style="--i:(\d+)")?>', linked) == ["", "4"]
+
+
+def test_one_number_width_per_page():
+    source = "".join(f"x{i} = {i}\n" if i % 40 else f"# Note {i}\nx{i} = {i}\n" for i in range(1, 120))
+    module = parse(source, "pkg/long.py")
+    assert len(module.sections) > 2
+    assert number_digits(module) == 3
+    assert page_markdown(module).count("--literate-digits:3") == 1
 
 
 def test_empty_code_column():
@@ -246,10 +257,27 @@ def test_line_numbers_link_to_the_repository(mini_site):
 
 
 def test_tex_survives_in_the_built_page(mini_site):
-    texts = arithmatex_texts((mini_site / "pkg" / "helpers" / "index.html").read_text())
-    assert r"\(\{a_1, b'\}\)" in texts
-    assert r"\(a < b\)" in texts
+    # In the built page, formulas' TeX is in `data-tex` (see test_literate_formulas.py).
+    page = (mini_site / "pkg" / "helpers" / "index.html").read_text()
+    texts = [html.unescape(t) for t in re.findall(r'class="arithmatex" data-tex="([^"]*)"', page)]
+    assert r"\{a_1, b'\}" in texts
+    assert "a < b" in texts
     assert any(r"x \\ y_2 = \text{it's}" in t for t in texts)
+
+
+def test_breadcrumbs_and_module_list_are_links(site_markdown):
+    module = parse('"""\n---\ntitle: Pkg\n---\nThe package.\n"""\n', "pkg/__init__.py", is_package=True)
+    trail = [("Home", "../index.md"), ("pkg", None)]
+    contents = [("The [layer]", "layer.md", "What a\n layer does."), ("Helpers", "helpers.md", None)]
+    page_html = site_markdown().convert(get_data(page_markdown(module, trail, contents))[0])
+    nav = re.search(r'<nav [^>]*class="literate-trail"[^>]*>(.*?)</nav>', page_html, re.S)
+    assert "data-search-exclude" in nav.group(0)
+    assert re.findall(r'href="([^"]+)"', nav.group(1)) == ["../index.md"]
+    assert strip_tags(nav.group(1)).split() == ["Home", "›", "pkg"]
+    listed = page_html[page_html.index("In this package"):]
+    assert re.findall(r'<li><a href="([^"]+)">(.*?)</a>', listed) == [
+        ("layer.md", "The [layer]"), ("helpers.md", "Helpers")]
+    assert "What a layer does." in listed
 
 
 # ## Display math inside a paragraph, whatever the formula

@@ -101,4 +101,4 @@ def test_wheel_in_a_fresh_venv_without_torch_builds_a_sample_site(dist, tmp_path
     assert "Multiply by" in model.notes_text
     assert [text for _, text in model.code] == [
         "def scale(x, alpha=2.0):", "    return alpha * x"]
-    assert (project / "site" / "assets" / "mathjax" / "tex-chtml.js").is_file()
+    assert (project / "site" / "assets" / "literate" / "katex" / "katex.min.js").is_file()
