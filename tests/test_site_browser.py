@@ -21,8 +21,10 @@ import re
 
 import pytest
 
-from site_fixtures import (
-    ARTIFACTS, CHROMIUM_ARGS, MINI_CONFIG, mkdocs_build, require_chromium, serve, serve_real_site, write_project)
+from site_fixtures import ARTIFACTS, CHROMIUM_ARGS, require_chromium, serve, serve_real_site
+
+# The generator's own fixture project (site_fixtures put its tests' folder on the path).
+from literate_testing import MINI_CONFIG, mkdocs_build, write_project  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
