@@ -212,8 +212,8 @@ class ExpertParallelGroups:
         return self.mesh.get_local_rank("expert")
 
 
-# One set of groups per degree: making groups is a collective, every layer shares them
-_GROUPS: dict[int, ExpertParallelGroups] = {}
+# One set of groups per degree (and default process group): making groups is a collective, every layer shares them
+_GROUPS: dict[tuple[int, int], ExpertParallelGroups] = {}
 
 
 def expert_parallel_groups(ep: int | None = None) -> ExpertParallelGroups:
@@ -231,16 +231,13 @@ def expert_parallel_groups(ep: int | None = None) -> ExpertParallelGroups:
     if isinstance(ep, bool) or not isinstance(ep, int) or ep < 1 or world_size % ep:
         raise ValueError(f"ep={ep!r} must be a positive divisor of the number of processes ({world_size}): "
                          f"the ranks form groups of ep, each holding every expert once")
-    if ep not in _GROUPS:
+    # (A process group set up anew after `destroy_process_group` gets groups of its own)
+    key = (ep, id(dist.group.WORLD))
+    if key not in _GROUPS:
         device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
         mesh = init_device_mesh(device_type, (world_size // ep, ep), mesh_dim_names=("replica", "expert"))
-        _GROUPS[ep] = ExpertParallelGroups(mesh=mesh)
-    return _GROUPS[ep]
-
-
-def forget_groups() -> None:
-    """Drop the cached groups (after `torch.distributed.destroy_process_group`, before a new group)."""
-    _GROUPS.clear()
+        _GROUPS[key] = ExpertParallelGroups(mesh=mesh)
+    return _GROUPS[key]
 
 
 # ## The layer
