@@ -302,7 +302,8 @@ def test_command_line_error_has_no_traceback(workdir):
 
 
 @needs_text
-@pytest.mark.parametrize('signum, status', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize('signum, status', [(signal.SIGINT, 130),
+                                            pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
 def test_a_signal_saves_the_current_step_and_says_how_to_resume(workdir, signum, status):
     """A real process, a real signal: a checkpoint at the step it stopped, one line, 128 + the signal."""
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}
@@ -336,8 +337,8 @@ def test_a_signal_saves_the_current_step_and_says_how_to_resume(workdir, signum,
 @needs_text
 @pytest.mark.parametrize('damage, says', [
     (lambda b: b'', 'is empty (0 bytes)'),
-    (lambda b: b[:len(b) // 3], 'is truncated or not a checkpoint'),
-    (lambda b: b'not a checkpoint\n' * 50, 'is truncated or not a checkpoint'),
+    pytest.param(lambda b: b[:len(b) // 3], 'is truncated or not a checkpoint', marks=pytest.mark.slow),
+    pytest.param(lambda b: b'not a checkpoint\n' * 50, 'is truncated or not a checkpoint', marks=pytest.mark.slow),
 ])
 def test_a_damaged_checkpoint_is_one_line_and_the_previous_one_resumes(workdir, capsys, damage, says):
     result = cli.run_train(tiny(steps=10, checkpoint_interval=5), labml_writers=set())
