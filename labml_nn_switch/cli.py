@@ -397,13 +397,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         # Under torchrun, `train` joins the other processes first (nothing to join in a single process)
         D.init_from_env()
-        settings = parse_pairs(args.settings)
+        overrides = parse_pairs(args.settings)
         if args.data is not None:
-            settings['data'] = args.data
+            overrides['data'] = args.data
         # Rank 0 prints; the other processes' screen output (labml's banner, progress) goes nowhere
         with open(os.devnull, 'w') as devnull, \
                 contextlib.redirect_stdout(sys.stdout if D.is_main_process() else devnull):
-            run_train(settings, resume=args.resume)
+            run_train(overrides, resume=args.resume)
         return 0
     except USER_ERRORS as e:
         # One line, no traceback. With several processes every one raised the same error: rank 0 prints it

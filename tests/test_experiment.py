@@ -307,20 +307,20 @@ def test_command_line_error_has_no_traceback(workdir):
 def test_a_signal_saves_the_current_step_and_says_how_to_resume(workdir, signum, status):
     """A real process, a real signal: a checkpoint at the step it stopped, one line, 128 + the signal."""
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}
-    settings = [f'{k}={v}' for k, v in tiny(checkpoint_interval=1000).items()]
+    settings = [f'{k}={v}' for k, v in tiny(checkpoint_interval=5).items()]
     proc = subprocess.Popen([sys.executable, '-m', 'labml_nn_switch.experiment', 'train', *settings, 'steps=100000'],
-                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Signal it once it is training: after its first tracked metrics
+                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Signal it once it is training: after its first checkpoint
     deadline = time.time() + 120
-    while not any(p.stat().st_size for p in workdir.glob('logs/*/*/log.jsonl')) and time.time() < deadline:
-        time.sleep(0.05)
+    while not list(workdir.glob('logs/*/*/checkpoints/step_*.pt')) and time.time() < deadline:
+        time.sleep(0.02)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == status
-    # One line on stderr, no traceback: where the checkpoint is and how to resume
+    # One line on stderr, no traceback: where the checkpoint of the last step is and how to resume
     (line,) = err.strip().splitlines()
     (run,) = workdir.glob('logs/*/*/')
-    (checkpoint,) = checkpoints_in(run / 'checkpoints')
+    checkpoint = find_checkpoint(run)
     step = load_checkpoint(checkpoint)['step']
     assert line == (f'stopped by {signal.Signals(signum).name} at step {step}: saved {checkpoint}; '
                     f'resume with: python -m labml_nn_switch.experiment train --resume {run}')
