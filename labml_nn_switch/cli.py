@@ -123,6 +123,10 @@ def writers() -> set[str]:
 #   the checkpoint to resume, and sends the paths to the others (`on_main_process`),
 #   so that all go the same way, or stop with the same error. Every process then reads
 #   them from that path (on several machines: a shared file system).
+# * **Stopping.** Ctrl-C in a terminal signals torchrun and every process: they agree
+#   to stop at the same step (`stop_signal` in [`trainer.py`](trainer.py)), all take
+#   part in saving it, and rank 0 prints how to resume; torchrun then reports the
+#   stop in its own words and exits with status 1.
 # * **Lockstep.** The ranks communicate inside every forward and backward pass, so
 #   every rank runs every step, evaluation, save and sample, even where rank 0 alone
 #   uses the result.
@@ -417,7 +421,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         # Stopped by a signal, with a checkpoint of this step
         if D.is_main_process():
             run = e.checkpoint.parent.parent if e.checkpoint else None
-            print(f'{e}: saved {e.checkpoint}; resume with: python -m labml_nn_switch.experiment train '
+            world_size = D.init_from_env().world_size
+            launcher = f'torchrun --nproc-per-node {world_size}' if world_size > 1 else 'python'
+            print(f'{e}: saved {e.checkpoint}; resume with: {launcher} -m labml_nn_switch.experiment train '
                   f'--resume {run}', file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:
