@@ -33,16 +33,20 @@ Three promises:
 import os
 import random
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from labml_nn_switch.process_group import is_main_process
+from labml_nn_switch.sharded_checkpoint import fsync_folder, is_sharded_checkpoint, read_extra, save_sharded
+
 # How many checkpoints a run keeps
 KEEP = 2
-# The name of a checkpoint file: `step_00000500.pt`
-_NAME = re.compile(r'^step_(\d+)\.pt$')
+# The name of a checkpoint: a file `step_00000500.pt`, or a sharded checkpoint's folder `step_00000500.dcp`
+_NAME = re.compile(r'^step_(\d+)\.(pt|dcp)$')
 
 
 class CheckpointError(ValueError):
@@ -64,8 +68,18 @@ def checkpoints_in(folder: Path) -> list[Path]:
     """
     The checkpoints in a `checkpoints/` folder, oldest step first.
     """
-    found = [p for p in Path(folder).glob('step_*.pt') if checkpoint_step(p) is not None]
+    found = [p for p in Path(folder).glob('step_*') if checkpoint_step(p) is not None
+             and (p.is_file() or is_sharded_checkpoint(p))]
     return sorted(found, key=checkpoint_step)
+
+
+def _prune(folder: Path):
+    """Remove all but the newest `KEEP` checkpoints of `folder` (files, or sharded checkpoints' folders)."""
+    for old in checkpoints_in(folder)[:-KEEP]:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def save_checkpoint(folder: Path, step: int, state: dict[str, Any]) -> Path:
@@ -98,26 +112,32 @@ def save_checkpoint(folder: Path, step: int, state: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     # Persist the rename itself (where the OS lets us open a folder)
-    _fsync_folder(folder)
+    fsync_folder(folder)
     # Only now, with the new one complete, remove all but the newest `KEEP`
-    for old in checkpoints_in(folder)[:-KEEP]:
-        old.unlink(missing_ok=True)
+    _prune(folder)
     #
     return path
 
 
-def _fsync_folder(folder: Path):
-    """Flush a folder's entries to disk; some systems cannot open a folder, and then it is skipped."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def save_sharded_checkpoint(folder: Path, step: int, state: dict[str, Any], *, model: torch.nn.Module,
+                            optimizer: torch.optim.Optimizer, rank_state: Any) -> Optional[Path]:
+    """
+    ## Save a sharded checkpoint (several processes)
+
+    The same checkpoint in a folder `step_<step>.dcp` written by every process
+    ([sharded_checkpoint.py](sharded_checkpoint.py)): each writes its own experts and
+    their Adam moments, `state` (the same in every process) once, and `rank_state`
+    (its random states) for itself. Atomic like a file; the last two kept. Every
+    process calls it; rank 0 gets the path.
+    """
+    folder = Path(folder)
+    if is_main_process():
+        folder.mkdir(parents=True, exist_ok=True)
+    path = save_sharded(folder / f'step_{step:08d}.dcp', model, optimizer, extra=state, rank_extra=rank_state)
+    if not is_main_process():
+        return None
+    _prune(folder)
+    return path
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -129,9 +149,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     A file that cannot be a checkpoint raises a `CheckpointError` naming it.
     """
     path = Path(path)
+    # A sharded checkpoint: its state here, the model and optimiser loaded by `load_sharded` into a built model
+    if is_sharded_checkpoint(path):
+        state, world_size = read_extra(path)
+        return {**state, 'world_size': world_size, 'sharded': path}
     # What is wrong, if anything
     problem = None
-    if not path.is_file():
+    if path.is_dir():
+        problem = 'is a folder without a complete sharded checkpoint (no .metadata)'
+    elif not path.is_file():
         problem = 'does not exist'
     elif path.stat().st_size == 0:
         problem = 'is empty (0 bytes)'
@@ -164,8 +190,8 @@ def find_checkpoint(path: Path) -> Optional[Path]:
     `None` when there is none.
     """
     path = Path(path)
-    # A file is the checkpoint itself
-    if path.is_file():
+    # A file (or a sharded checkpoint's folder) is the checkpoint itself
+    if path.is_file() or is_sharded_checkpoint(path):
         return path
     # The newest in the folder, or in its `checkpoints/` sub-folder
     for folder in (path / 'checkpoints', path):

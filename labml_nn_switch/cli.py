@@ -40,6 +40,7 @@ it has ended.) A checkpoint from elsewhere starts a new run whose comment names 
 
 import argparse
 import contextlib
+import datetime
 import os
 import sys
 from pathlib import Path
@@ -48,14 +49,16 @@ from typing import Any, Callable, Optional
 import torch
 from labml import experiment, lab, tracker
 
-from labml_nn_switch import distributed as D
 from labml_nn_switch import experiment as experiment_module
+from labml_nn_switch import process_group as PG
 from labml_nn_switch.checkpoint import CheckpointError, find_checkpoint, latest_checkpoint, load_checkpoint
 from labml_nn_switch.configs import (PRESETS, ConfigError, Configs, defaults, explicit_settings, parse_setting,
                                      setting_notes, settings, switch_config)
 from labml_nn_switch.data import DataError, find_text_file, load_text, split_text
 from labml_nn_switch.experiment import build_model
+from labml_nn_switch.sharded_checkpoint import load_sharded
 from labml_nn_switch.trainer import Interrupted, TrainResult, checkpoint_settings, generate, train
+from labml_nn_switch.watchdog import RankStopped
 
 # The name of the experiment: its runs go to `logs/switch_shakespeare/<run uuid>/`
 EXPERIMENT_NAME = 'switch_shakespeare'
@@ -63,7 +66,7 @@ EXPERIMENT_NAME = 'switch_shakespeare'
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 # Settings that may change when a run is resumed (the rest must match the checkpoint)
 RESUMABLE = {'steps', 'log_interval', 'eval_interval', 'checkpoint_interval', 'data', 'download', 'device',
-             'precision', 'sample_prompt', 'sample_length', 'temperature'}
+             'precision', 'sample_prompt', 'sample_length', 'temperature', 'ep', 'dist_timeout'}
 
 
 def labml_root():
@@ -93,32 +96,39 @@ def writers() -> set[str]:
 
 # ## Several processes
 #
-# `torchrun --nproc-per-node W -m labml_nn_switch.experiment train ...` starts $W$
-# processes (*ranks*), each running `run_train` below; [`distributed.py`](distributed.py)
-# explains the layer. What changes, compared with one process:
+# `torchrun --nproc-per-node W -m labml_nn_switch.experiment train ... ep=E` starts $W$
+# processes (*ranks*), each running `run_train` below, in expert groups of $E$
+# ([expert_parallel.py](expert_parallel.py) explains the layer and draws the groups).
+# What changes, compared with one process:
 #
-# * **The model.** Every rank builds it from the same seed; `expert_parallel` then
-#   keeps $N / W$ experts of every Switch layer on each rank and copies rank 0's
-#   other weights to all. A dense model is simply replicated.
+# * **The model.** Every rank builds it from the same seed, each Switch layer with only
+#   its $N / E$ experts: the weights are those the single process would hold, and no
+#   rank ever holds all the experts. A dense model is simply replicated.
 # * **The data.** Every rank draws the same global batch of `batch_size` sequences from
 #   the same seeded sampler and keeps its own $1 / W$ of it (`shard_batch`), so the
 #   ranks see different data, the data order is that of one process, and it resumes
-#   exactly. Evaluation batches are split the same way.
-# * **The step.** The loss of each rank is over its shard; `sync_gradients` averages
-#   the gradients (DDP's job) and `clip_grad_norm_` clips the norm of the whole model.
-#   Dropout and jitter are seeded with `seed + 1 + rank`: each rank draws its own
-#   noise, and rank 0 starts as a single process would.
-# * **Capacity.** Each rank applies the capacity to its own tokens (`distributed.py`
-#   explains why), so a run on $W$ processes drops tokens as $W$ single-process
-#   layers on $1 / W$ of the batch would.
-# * **Writing.** Rank 0 alone writes labml's logs and the checkpoints; the other ranks
-#   run labml's `experiment.evaluate()`, which records nothing. The metrics are of
-#   the global batch (`step_metrics`), so every rank computes them.
-# * **Checkpoints.** Every rank takes part in `save_state` (the experts and their Adam
-#   moments are gathered into the single-process layout, with every rank's random
-#   state), rank 0 writes. So a checkpoint from $W$ processes also loads into one
-#   ordinary model to `sample`; it *resumes* on $W$ processes, each taking its
-#   experts and its own random state back.
+#   exactly, on any $W$ that divides `batch_size`. Evaluation batches are split the same way.
+# * **The step.** The loss of each rank is over its shard; DDP averages the replicated
+#   gradients during the backward pass, `sync_expert_gradients` averages each
+#   expert's over its copies, and `clip_grad_norm_` clips the norm of the whole model
+#   ([gradient_sync.py](gradient_sync.py)). Dropout and jitter are seeded with
+#   `seed + 1 + rank`: each rank draws its own noise, and rank 0 starts as a single
+#   process would.
+# * **Capacity.** Each rank applies the capacity to its own tokens
+#   ([expert_parallel.py](expert_parallel.py) explains why), so a run on $W$ processes
+#   drops tokens as $W$ single-process layers on $1 / W$ of the batch would.
+# * **Writing.** Rank 0 alone writes labml's logs; the other ranks run labml's
+#   `experiment.evaluate()`, which records nothing. The metrics are of the global
+#   batch (`step_metrics`), so every rank computes them.
+# * **Checkpoints.** Every rank writes its own experts and Adam moments into a sharded
+#   checkpoint, a folder `step_<step>.dcp` ([sharded_checkpoint.py](sharded_checkpoint.py)):
+#   nothing is gathered. It resumes on any number of processes and any `ep=` that
+#   fit `n_experts` and `batch_size` (each rank reading its slices; its own random
+#   state back only on as many processes), and `sample` reads it in one process.
+# * **Faults.** A collective waits `dist_timeout` seconds (default 3 minutes) for the
+#   other ranks; then the run ends with one line per live rank naming the collective
+#   and the rank that stopped answering ([watchdog.py](watchdog.py)), and the last
+#   checkpoint resumes.
 # * **Files.** Rank 0 decides which files: it finds (or downloads) the text, and finds
 #   the checkpoint to resume, and sends the paths to the others (`on_main_process`),
 #   so that all go the same way, or stop with the same error. Every process then reads
@@ -142,13 +152,13 @@ def on_main_process(fn: Callable[[], Any]) -> Any:
     """
     result, error = None, None
     # Rank 0 does the work
-    if D.is_main_process():
+    if PG.is_main_process():
         try:
             result = fn()
         except USER_ERRORS as e:
             error = e
     # The others get its answer
-    result, error = D.broadcast_object((result, error))
+    result, error = PG.broadcast_object((result, error))
     if error is not None:
         raise error
     #
@@ -209,7 +219,7 @@ def run_train(overrides: dict[str, Any], *, resume: Optional[str] = None,
     Under torchrun every process runs this (see *Several processes* above).
     """
     # This process's place: rank 0 of 1, or one of torchrun's processes
-    launch = D.init_from_env()
+    launch = PG.init_from_env()
     # labml's folders (`logs/` and `data/`)
     labml_root()
     # Continue a run: its checkpoint holds its settings
@@ -220,9 +230,10 @@ def run_train(overrides: dict[str, Any], *, resume: Optional[str] = None,
         state = load_checkpoint(path)
         saved = checkpoint_settings(state, path)
         # Each process of the run saved its random state: the same number must continue it
-        if state['world_size'] != launch.world_size:
-            raise ConfigError(f'the checkpoint was saved by {state["world_size"]} process(es); resume it on '
-                              f'as many (this run has {launch.world_size})')
+        # A single file holds one process's model; a sharded checkpoint loads on any number of processes
+        if 'sharded' not in state and launch.world_size > 1:
+            raise ConfigError(f'the checkpoint {str(path)!r} was saved by one process; resume it in one '
+                              f'(this run has {launch.world_size})')
         # Only a few settings may change
         for k, v in overrides.items():
             v = parse_setting(k, v)
@@ -232,7 +243,7 @@ def run_train(overrides: dict[str, Any], *, resume: Optional[str] = None,
     # The checked settings, the same in every process
     explicit = explicit_settings(overrides, world_size=launch.world_size)
     try:
-        D.check_same_on_all_ranks(explicit, what='the settings')
+        PG.check_same_on_all_ranks(explicit, what='the settings')
     except ValueError as e:
         raise ConfigError(str(e)) from None
     values = {**defaults(), **explicit}
@@ -262,7 +273,7 @@ def run_train(overrides: dict[str, Any], *, resume: Optional[str] = None,
         else:
             comment = f'resumed from {path} at step {state["step"]}'
     # The labml experiment: rank 0 records it; the other processes run one that writes nothing
-    if D.is_main_process():
+    if PG.is_main_process():
         if uuid:
             release_run(runs_dir() / uuid)
         experiment.create(uuid=uuid, name=EXPERIMENT_NAME, python_file=experiment_module.__file__, comment=comment,
@@ -270,7 +281,7 @@ def run_train(overrides: dict[str, Any], *, resume: Optional[str] = None,
     else:
         experiment.evaluate()
     # The run's folder, as rank 0 named it
-    run_dir = D.broadcast_object(runs_dir() / experiment.get_uuid())
+    run_dir = PG.broadcast_object(runs_dir() / experiment.get_uuid())
     # Per-layer metrics are tracked but not printed. (We don't call `tracker.reset()`: in labml
     # 0.5.3 a second call fails, as it consumes labml's default indicator settings.)
     tracker.set_scalar('route.*', is_print=False)
@@ -288,12 +299,17 @@ def run_train(overrides: dict[str, Any], *, resume: Optional[str] = None,
                 # labml records a run that ends in a `KeyboardInterrupt` as interrupted (any other error: crashed)
                 stopped = e
                 raise KeyboardInterrupt from None
+    except RankStopped as e:
+        # A process stopped answering: every process still running says so (rank 0 may be the one
+        # that stopped), and leaves at once, without waiting for it
+        print(f'error: {e}', file=sys.stderr, flush=True)
+        os._exit(1)
     except KeyboardInterrupt:
         if stopped is None:
             raise
         raise stopped from None
     # Show the sample, once
-    if D.is_main_process():
+    if PG.is_main_process():
         print(f'\n--- sample ---\n{result.sample}\n---')
         print(f'checkpoint: {result.checkpoint}')
     #
@@ -318,7 +334,11 @@ def run_sample(*, checkpoint: Optional[str], prompt: str, length: int, temperatu
     saved = checkpoint_settings(state, path)
     # The model, built as in training, with its trained weights
     model = build_model(saved, switch=switch_config(saved), n_vocab=len(state['itos']))
-    model.load_state_dict(state['model'])
+    # A sharded checkpoint of several processes: this one process reads every slice
+    if 'sharded' in state:
+        load_sharded(state['sharded'], model)
+    else:
+        model.load_state_dict(state['model'])
     # On the device
     torch_device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device)
     model.to(torch_device)
@@ -399,19 +419,21 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(run_sample(checkpoint=args.checkpoint, prompt=args.prompt, length=args.length,
                              temperature=args.temperature, seed=args.seed, device=args.device))
             return 0
-        # Under torchrun, `train` joins the other processes first (nothing to join in a single process)
-        D.init_from_env()
+        # Under torchrun, `train` joins the other processes first (nothing to join in a single process),
+        # with the timeout of its collectives from the settings
         overrides = parse_pairs(args.settings)
+        timeout = parse_setting('dist_timeout', overrides.get('dist_timeout', defaults()['dist_timeout']))
+        PG.init_from_env(timeout=datetime.timedelta(seconds=timeout))
         if args.data is not None:
             overrides['data'] = args.data
         # Rank 0 prints; the other processes' screen output (labml's banner, progress) goes nowhere
         with open(os.devnull, 'w') as devnull, \
-                contextlib.redirect_stdout(sys.stdout if D.is_main_process() else devnull):
+                contextlib.redirect_stdout(sys.stdout if PG.is_main_process() else devnull):
             run_train(overrides, resume=args.resume)
         return 0
     except USER_ERRORS as e:
         # One line, no traceback. With several processes every one raised the same error: rank 0 prints it
-        if D.is_main_process():
+        if PG.is_main_process():
             print(f'error: {e}', file=sys.stderr)
         # ... before any of them exits (torchrun stops the others as soon as one exits)
         if torch.distributed.is_initialized():
@@ -419,17 +441,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     except Interrupted as e:
         # Stopped by a signal, with a checkpoint of this step
-        if D.is_main_process():
+        if PG.is_main_process():
             run = e.checkpoint.parent.parent if e.checkpoint else None
-            world_size = D.init_from_env().world_size
+            world_size = PG.init_from_env().world_size
             launcher = f'torchrun --nproc-per-node {world_size}' if world_size > 1 else 'python'
             print(f'{e}: saved {e.checkpoint}; resume with: {launcher} -m labml_nn_switch.experiment train '
                   f'--resume {run}', file=sys.stderr)
         return e.exit_status
+    except RankStopped as e:
+        # A process stopped answering: every process still running says so (rank 0 may be the one
+        # that stopped), and leaves at once, without waiting for it
+        print(f'error: {e}', file=sys.stderr, flush=True)
+        os._exit(1)
     except KeyboardInterrupt:
         # Ctrl-C before the first step: nothing to save
         print('interrupted before training began; nothing was saved', file=sys.stderr)
         return 130
     finally:
         # Leave the process group, if torchrun started this process
-        D.shutdown()
+        PG.shutdown()

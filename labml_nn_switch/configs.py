@@ -23,6 +23,7 @@ by building the model once on PyTorch's `meta` device, which allocates nothing;
 """
 
 import dataclasses
+import functools
 import inspect
 import math
 import re
@@ -32,7 +33,8 @@ from typing import Any, Mapping
 import torch
 from labml.configs import BaseConfigs, option
 
-from labml_nn_switch import distributed as D
+from labml_nn_switch import process_group as PG
+from labml_nn_switch.expert_parallel import ExpertParallelSwitchFeedForward, expert_parallel_groups
 from labml_nn_switch.data import CharText, WindowSampler, char_dataset, fixed_windows, load_text
 from labml_nn_switch.experiment import AutoregressiveModel, build_model
 from labml_nn_switch.switch import SwitchConfig
@@ -141,6 +143,13 @@ class Configs(SwitchSettings):
     checkpoint_interval: int = 500
     # `auto` (a GPU when there is one), `cpu`, `cuda`, `cuda:1`, ...
     device: str = 'auto'
+    # Under torchrun: the expert-parallel degree E, the processes of an expert group, each holding
+    # n_experts / E experts of every layer (0: all the processes, one copy of each expert; 1: every
+    # process holds every expert, pure data parallelism)
+    ep: int = 0
+    # Under torchrun: seconds a collective waits for the other processes before the run ends with an
+    # error naming the process that stopped answering
+    dist_timeout: float = 180.0
     # `auto` (bf16 autocast on a GPU, float32 on a CPU), `float32` or `bfloat16`
     precision: str = 'auto'
     # Text to continue at the end of training
@@ -289,9 +298,20 @@ def check_settings(values: Mapping[str, Any], *, world_size: int = 1):
     if values['batch_size'] % world_size:
         raise ConfigError(f'batch_size={values["batch_size"]} is not divisible by the number of processes '
                           f'({world_size}): each process takes an equal share of every batch')
-    if values['model'] == 'switch' and values['n_experts'] % world_size:
-        raise ConfigError(f'n_experts={values["n_experts"]} is not divisible by the number of processes '
-                          f'({world_size}): each process holds an equal share of the experts')
+    if values['ep'] < 0 or world_size % expert_parallel_degree(values, world_size):
+        raise ConfigError(f'ep={values["ep"]} must divide the number of processes ({world_size}); '
+                          f'0 takes them all')
+    ep = expert_parallel_degree(values, world_size)
+    if values['model'] == 'switch' and values['n_experts'] % ep:
+        raise ConfigError(f'n_experts={values["n_experts"]} is not divisible by the expert-parallel degree '
+                          f'({ep}): each process of an expert group holds an equal share of the experts')
+    if values['dist_timeout'] <= 0:
+        raise ConfigError(f'dist_timeout={values["dist_timeout"]} must be positive (seconds)')
+
+
+def expert_parallel_degree(values: Mapping[str, Any], world_size: int) -> int:
+    """$E$: `ep`, or all `world_size` processes for `ep=0`."""
+    return values['ep'] or world_size
 
 
 def explicit_settings(overrides: Mapping[str, Any], *, world_size: int = 1) -> dict[str, Any]:
@@ -340,7 +360,7 @@ def _torch_device(c: Configs) -> torch.device:
     The device: with `device=auto`, a GPU when there is one (under torchrun, the GPU of
     this process's local rank).
     """
-    return D.init_from_env().device if c.device == 'auto' else torch.device(c.device)
+    return PG.init_from_env().device if c.device == 'auto' else torch.device(c.device)
 
 
 @option(Configs.dataset)
@@ -355,18 +375,21 @@ def _dataset(c: Configs) -> CharText:
 def _net(c: Configs) -> AutoregressiveModel:
     """
     The model (see [`build_model`](experiment.py)), with its weights seeded by `seed`,
-    on the device. With several processes, each keeps only its share of the experts.
+    on the device. With several processes, each builds only its share of the experts
+    ([expert_parallel.py](expert_parallel.py)): the same weights the single process
+    would hold, without ever holding the others.
     """
     # The same seed gives the same weights (in every process)
     torch.manual_seed(c.seed)
     # Built from the settings
     values = values_of(c)
-    model = build_model(values, switch=switch_config(values), n_vocab=c.dataset.n_tokens).to(c.torch_device)
-    # Several processes: each keeps its $N / W$ experts per layer, and rank 0's copy of the rest
-    if D.init_from_env().distributed:
-        model = D.expert_parallel(model)
-    #
-    return model
+    launch = PG.init_from_env()
+    layer = None
+    if launch.distributed:
+        groups = expert_parallel_groups(expert_parallel_degree(values, launch.world_size))
+        layer = functools.partial(ExpertParallelSwitchFeedForward, groups=groups)
+    return build_model(values, switch=switch_config(values), n_vocab=c.dataset.n_tokens,
+                       switch_layer=layer).to(c.torch_device)
 
 
 @option(Configs.optim)

@@ -49,15 +49,17 @@ checkpoint would not restore).
 """
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labml_nn_switch import distributed as D
+from labml_nn_switch import process_group as PG
+from labml_nn_switch.gradient_sync import clip_grad_norm_, sync_expert_gradients
 from labml_nn_switch.switch import SwitchConfig
 from labml_nn_switch.transformer import SwitchTransformer, TransformerRouting, build_transformer
+from labml_nn_switch.watchdog import watch
 
 
 class AutoregressiveModel(nn.Module):
@@ -72,6 +74,8 @@ class AutoregressiveModel(nn.Module):
     def __init__(self, *, n_vocab: int, d_model: int, max_len: int, transformer: SwitchTransformer):
         """
         * `n_vocab` is the number of distinct characters
+    * `switch_layer` makes each Switch layer (`None`: `SwitchFeedForward`); under
+      torchrun, an [expert-parallel](expert_parallel.py) layer holding this process's experts
         * `d_model` is the width of the model
         * `max_len` is the longest sequence the position embeddings cover
         * `transformer` is a Switch (or dense) transformer from
@@ -102,7 +106,8 @@ class AutoregressiveModel(nn.Module):
         return self.readout(h), routing
 
 
-def build_model(settings: Mapping[str, Any], *, switch: SwitchConfig, n_vocab: int) -> AutoregressiveModel:
+def build_model(settings: Mapping[str, Any], *, switch: SwitchConfig, n_vocab: int,
+                switch_layer: Optional[Callable[[SwitchConfig], nn.Module]] = None) -> AutoregressiveModel:
     """
     ## Build the model
 
@@ -111,6 +116,8 @@ def build_model(settings: Mapping[str, Any], *, switch: SwitchConfig, n_vocab: i
     * `switch` is the Switch layers' one [`SwitchConfig`](switch.py): sizes, capacity,
       routing, experts
     * `n_vocab` is the number of distinct characters
+    * `switch_layer` makes each Switch layer (`None`: `SwitchFeedForward`); under
+      torchrun, an [expert-parallel](expert_parallel.py) layer holding this process's experts
 
     `model=switch` builds Switch layers, `model=dense` the dense twin with one
     feed-forward network of the same `d_ff` per layer. A top-1 Switch layer runs one
@@ -119,7 +126,8 @@ def build_model(settings: Mapping[str, Any], *, switch: SwitchConfig, n_vocab: i
     """
     # The transformer
     transformer = build_transformer(switch, kind=settings['model'], n_layers=settings['n_layers'],
-                                    n_heads=settings['n_heads'], dropout=settings['dropout'])
+                                    n_heads=settings['n_heads'], dropout=settings['dropout'],
+                                    **({'switch_layer': switch_layer} if switch_layer else {}))
     # With embeddings and readout
     return AutoregressiveModel(n_vocab=n_vocab, d_model=switch.d_model, max_len=settings['seq_len'],
                                transformer=transformer)
@@ -184,7 +192,7 @@ def step_metrics(result: StepResult, suffix: str) -> dict[str, float]:
     local = torch.stack([result.ce.detach().float(), result.accuracy.float(),
                          result.routing.load_balancing_loss.detach().float(), result.routing.z_loss.detach().float()])
     # Averaged over the processes (one all-reduce)
-    ce, accuracy, lb_loss, z_loss = D.mean_over_ranks(local).tolist()
+    ce, accuracy, lb_loss, z_loss = PG.mean_over_ranks(local).tolist()
     #
     return {f'loss.{suffix}': ce, f'accuracy.{suffix}': accuracy, f'lb_loss.{suffix}': lb_loss,
             f'z_loss.{suffix}': z_loss, **routing_metrics(result.routing, suffix)}
@@ -204,7 +212,7 @@ def routing_metrics(routing: TransformerRouting, suffix: str) -> dict[str, float
     if not routing.layers:
         return {}
     # Tokens routed to each expert of each layer, summed over the processes, `[n_layers, n_experts]`
-    counts = D.sum_over_ranks(torch.stack([r.tokens_per_expert.float() for r in routing.layers]))
+    counts = PG.sum_over_ranks(torch.stack([r.tokens_per_expert.float() for r in routing.layers]))
     # The fraction routed to each expert
     fraction = counts / counts.sum(dim=1, keepdim=True)
     metrics = {}
@@ -216,7 +224,7 @@ def routing_metrics(routing: TransformerRouting, suffix: str) -> dict[str, float
     # Dropped tokens and gate probabilities, averaged over layers, then over the processes
     local = torch.stack([torch.stack([r.dropped_fraction.float() for r in routing.layers]).mean(),
                          torch.stack([r.max_prob.float().mean() for r in routing.layers]).mean()])
-    metrics[f'dropped.{suffix}'], metrics[f'max_prob.{suffix}'] = D.mean_over_ranks(local).tolist()
+    metrics[f'dropped.{suffix}'], metrics[f'max_prob.{suffix}'] = PG.mean_over_ranks(local).tolist()
     #
     return metrics
 
@@ -230,6 +238,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: to
                data: torch.Tensor, target: torch.Tensor, *,
                lb_alpha: float, z_loss_coef: float, grad_clip: float, autocast: bool) -> StepResult:
     """
+    * `model` is the model, or its `DistributedDataParallel` wrapper with several
+      processes ([gradient_sync.py](gradient_sync.py))
     * `data` and `target` are `[seq_len, batch_size]` characters, `target` one ahead
     """
     # Training mode: dropout and router jitter on, the training capacity factor
@@ -238,13 +248,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: to
     result = compute_loss(model, data, target, lb_alpha=lb_alpha, z_loss_coef=z_loss_coef, autocast=autocast)
     # Clear the previous gradients
     optimizer.zero_grad(set_to_none=True)
-    # Back-propagate (through the all-to-alls, with several processes)
-    result.loss.backward()
-    # Average the gradients over the processes (nothing to do in a single process)
-    D.sync_gradients(model)
+    # Back-propagate (through the all-to-alls, and with DDP averaging the replicated
+    # gradients meanwhile, with several processes)
+    with watch("the backward pass (the expert all-to-alls, DDP's gradient all-reduce)"):
+        result.loss.backward()
+    # Average the experts' gradients over their copies (nothing to do in a single process)
+    sync_expert_gradients(model)
     # Clip the gradient norm of the whole model, whose experts may be spread over the processes
     if grad_clip > 0:
-        D.clip_grad_norm_(model, grad_clip)
+        clip_grad_norm_(model, grad_clip)
     # Update the parameters
     optimizer.step()
     # Advance the learning-rate schedule

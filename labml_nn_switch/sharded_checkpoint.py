@@ -58,6 +58,7 @@ file system across nodes), as DCP's file writer needs.
 import io
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -165,17 +166,20 @@ def save_sharded(path: Path | str, model: nn.Module, optimizer: torch.optim.Opti
     state["extra"] = _blob({"value": extra, "world_size": world_size})
     state["rank_extra"] = {str(rank): _blob(rank_extra)}
     # Every rank writes its file, rank 0 the metadata last
-    dcp.save(state, checkpoint_id=partial)
+    with warnings.catch_warnings():
+        # (In one process, without a process group, DCP says it saves alone: here that is meant)
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(state, checkpoint_id=partial)
     _barrier()
     # Complete on every rank: give it its name in one step, and make the rename durable
     if rank == 0:
         os.replace(partial, path)
-        _fsync(path.parent)
+        fsync_folder(path.parent)
     _barrier()
     return path
 
 
-def _fsync(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     """Flush a folder's entries to disk (where the system lets us open a folder)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -187,6 +191,13 @@ def _fsync(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _load(state: dict, path: Path, *, no_dist: bool) -> None:
+    """`dcp.load`, without its warning that one process reads alone: here that is meant."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=path, no_dist=no_dist)
 
 
 def is_sharded_checkpoint(path: Path | str) -> bool:
@@ -202,7 +213,7 @@ def read_extra(path: Path | str) -> tuple[Any, int]:
     the model before loading into it.
     """
     box = {"extra": io.BytesIO()}
-    dcp.load(box, checkpoint_id=Path(path), no_dist=True)
+    _load(box, Path(path), no_dist=True)
     extra = _unblob(box["extra"])
     return extra["value"], extra["world_size"]
 
@@ -228,7 +239,7 @@ def load_sharded(path: Path | str, model: nn.Module, optimizer: torch.optim.Opti
     if saved_world == world_size:
         state["rank_extra"] = {str(rank): io.BytesIO()}
     # Each rank reads its slices, wherever they were written
-    dcp.load(state, checkpoint_id=path, no_dist=not (dist.is_available() and dist.is_initialized()))
+    _load(state, path, no_dist=not (dist.is_available() and dist.is_initialized()))
     # The model's tensors were loaded in place; the optimiser takes its state back by name
     if optimizer is not None:
         set_optimizer_state_dict(unwrap(model), optimizer, optim_state_dict=_local(state["optimizer"]))

@@ -43,10 +43,13 @@ import torch
 from labml import monit, tracker
 from torch import nn
 
-from labml_nn_switch import distributed as D
-from labml_nn_switch.checkpoint import CheckpointError, rng_state, save_checkpoint, set_rng_state
+from labml_nn_switch import process_group as PG
+from labml_nn_switch.checkpoint import (CheckpointError, rng_state, save_checkpoint, save_sharded_checkpoint,
+                                        set_rng_state)
 from labml_nn_switch.configs import Configs, ConfigError, switch_config, values_of
 from labml_nn_switch.experiment import compute_loss, step_metrics, train_step
+from labml_nn_switch.gradient_sync import data_parallel
+from labml_nn_switch.sharded_checkpoint import load_sharded
 
 
 @torch.no_grad()
@@ -66,7 +69,7 @@ def evaluate(model: nn.Module, batches: list, *, device: torch.device, autocast:
     ce, accuracy, routes, dropped = 0.0, 0.0, None, 0.0
     for data, target in batches:
         # This process's share of the batch
-        data, target = (D.shard_batch(t).to(device) for t in (data, target))
+        data, target = (PG.shard_batch(t).to(device) for t in (data, target))
         # The loss without the auxiliary terms
         result = compute_loss(model, data, target, lb_alpha=0.0, z_loss_coef=0.0, autocast=autocast)
         ce += result.ce.item()
@@ -78,13 +81,13 @@ def evaluate(model: nn.Module, batches: list, *, device: torch.device, autocast:
             dropped += sum(float(r.dropped_fraction) for r in result.routing.layers) / len(result.routing.layers)
     # Means over batches, then over the processes (their shards are the same size)
     n = len(batches)
-    ce, accuracy, dropped = D.mean_over_ranks(torch.tensor([ce, accuracy, dropped], dtype=torch.float64,
+    ce, accuracy, dropped = PG.mean_over_ranks(torch.tensor([ce, accuracy, dropped], dtype=torch.float64,
                                                            device=device) / n).tolist()
     out = {'loss.valid': ce, 'accuracy.valid': accuracy}
     if routes is not None:
         out['dropped.valid'] = dropped
         # The counts of all processes
-        routes = D.sum_over_ranks(routes).cpu()
+        routes = PG.sum_over_ranks(routes).cpu()
         # Fractions: each row sums to one
         out['route_fraction'] = (routes / routes.sum(dim=1, keepdim=True)).tolist()
     #
@@ -136,42 +139,52 @@ def generate(model: nn.Module, itos: list[str], prompt: str, *, length: int, seq
 
 def save_state(conf: Configs, folder: Path, *, step: int, history: list, losses: list) -> Optional[Path]:
     """
-    Save a checkpoint of `step` into `folder`. Every process takes part (the experts and
-    their Adam moments are gathered from every process into the single-process layout,
-    with every process's random state); rank 0 writes, and gets the path.
+    Save a checkpoint of `step` into `folder`. Every process takes part: in a single
+    process, one file; with several, a sharded checkpoint to which each process writes
+    its own experts and their Adam moments (nothing is gathered), with its random state.
+    Rank 0 gets the path.
     """
-    # The whole model and the optimiser's state, the experts gathered from every process
-    model_state, optim_state = D.full_state_dict(conf.net), D.full_optimizer_state_dict(conf.net, conf.optim)
-    # Every process's random state, in rank order
-    rngs = D.gather_objects(rng_state())
-    if not D.is_main_process():
-        return None
     # The Switch options as the `SwitchConfig`; the other settings beside it
     switch = dataclasses.asdict(switch_config(values_of(conf)))
     settings = {k: v for k, v in values_of(conf).items() if k not in switch}
-    # Rank 0 writes everything a resumed run needs
-    return save_checkpoint(folder, step, {
-        'step': step, 'settings': settings, 'switch': switch, 'itos': conf.dataset.itos,
-        'model': model_state, 'optimizer': optim_state, 'scheduler': conf.scheduler.state_dict(),
-        'sampler': conf.sampler.state_dict(), 'rng_ranks': rngs, 'world_size': len(rngs),
-        'history': history, 'losses': losses,
-    })
+    # Everything a resumed run needs besides the weights, the moments and the random states
+    state = {'step': step, 'settings': settings, 'switch': switch, 'itos': conf.dataset.itos,
+             'scheduler': conf.scheduler.state_dict(), 'sampler': conf.sampler.state_dict(),
+             'history': history, 'losses': losses}
+    if PG.init_from_env().distributed:
+        return save_sharded_checkpoint(folder, step, state, model=conf.net, optimizer=conf.optim,
+                                       rank_state=rng_state())
+    return save_checkpoint(folder, step, {**state, 'model': conf.net.state_dict(),
+                                          'optimizer': conf.optim.state_dict(), 'rng_ranks': [rng_state()],
+                                          'world_size': 1})
 
 
 def load_state(conf: Configs, state: dict) -> tuple[int, list, list]:
     """
-    Continue from a checkpoint's `state`: each process takes its experts and its random
-    state back. Returns the step, the evaluations so far and the training losses since
-    the last one.
+    Continue from a checkpoint's `state`. A sharded checkpoint loads on any number of
+    processes whose expert-parallel degree divides `n_experts`, or in one: each process
+    reads its slices. Each process takes its random state back when the checkpoint
+    was saved by as many processes; otherwise (there is no "same process") it seeds
+    its generators from the seed, its rank and the step. Returns the step, the
+    evaluations so far and the training losses since the last one.
     """
-    # The checkpoint holds the whole model: each process takes its experts and the rest
-    D.load_full_state_dict(conf.net, state['model'])
-    # Likewise the optimiser's moments
-    D.load_full_optimizer_state_dict(conf.net, conf.optim, state['optimizer'])
+    launch = PG.init_from_env()
+    if 'sharded' in state:
+        _, rng = load_sharded(state['sharded'], conf.net, conf.optim)
+    else:
+        if launch.world_size > 1:
+            raise CheckpointError(f'a checkpoint of one process is a single file; resume it in one process '
+                                  f'(this run has {launch.world_size})')
+        conf.net.load_state_dict(state['model'])
+        conf.optim.load_state_dict(state['optimizer'])
+        rng = state['rng_ranks'][0]
     conf.scheduler.load_state_dict(state['scheduler'])
     conf.sampler.load_state_dict(state['sampler'])
-    # This process's random state
-    set_rng_state(state['rng_ranks'][D.init_from_env().rank])
+    # This process's random state, or a fresh one of its own
+    if rng is not None:
+        set_rng_state(rng)
+    else:
+        torch.manual_seed(conf.seed + 1 + launch.rank + launch.world_size * state['step'])
     #
     return state['step'], state['history'], state['losses']
 
@@ -181,7 +194,8 @@ def checkpoint_settings(state: dict, path: Path) -> dict[str, Any]:
     The settings a checkpoint was trained with, the Switch options included; a
     `CheckpointError` naming the file if it lacks them.
     """
-    missing = [k for k in ('settings', 'switch', 'itos', 'model') if k not in state]
+    missing = [k for k in ('settings', 'switch', 'itos') if k not in state]
+    missing += [] if 'model' in state or 'sharded' in state else ['model']
     if missing:
         raise CheckpointError(f'checkpoint {str(path)!r} is not a checkpoint of this experiment (no {missing[0]!r})')
     return {**state['settings'], **state['switch']}
@@ -244,11 +258,11 @@ def stop_signal(request: StopRequest, device: torch.device) -> Optional[int]:
     The signal to stop on, if any process received one. With several processes they
     must stop at the same step (they run every step together), so they agree first.
     """
-    if not D.init_from_env().distributed:
+    if not PG.init_from_env().distributed:
         return request.signum
     # How many processes received each signal; `SIGTERM` (a scheduler's) wins over `SIGINT`
     kinds = (signal.SIGTERM, signal.SIGINT)
-    got = D.sum_over_ranks(torch.tensor([float(request.signum == s) for s in kinds], device=device)).tolist()
+    got = PG.sum_over_ranks(torch.tensor([float(request.signum == s) for s in kinds], device=device)).tolist()
     return next((s for s, n in zip(kinds, got) if n > 0), None)
 
 
@@ -274,9 +288,11 @@ def train(conf: Configs, *, run_dir: Path, state: Optional[dict] = None,
     rank 0 writes.
     """
     # This process's rank, of `world_size`
-    launch = D.init_from_env()
+    launch = PG.init_from_env()
     # Build the model, optimiser, schedule and data order (labml computes them now)
     model, optim, scheduler, sampler = conf.net, conf.optim, conf.scheduler, conf.sampler
+    # With several processes, DDP averages the replicated parameters' gradients during the backward pass
+    ddp = data_parallel(model, device=conf.torch_device)
     # bf16 autocast on a GPU
     autocast = conf.precision == 'bfloat16' or (conf.precision == 'auto' and conf.torch_device.type == 'cuda')
     # Where checkpoints go
@@ -295,10 +311,10 @@ def train(conf: Configs, *, run_dir: Path, state: Optional[dict] = None,
     with stop_requests() as request:
         for _ in monit.loop(range(step, conf.steps)):
             # The next global batch, `[seq_len, batch_size]` (the same in every process), and this process's share
-            data, target = (D.shard_batch(t).to(conf.torch_device) for t in sampler.next_batch())
+            data, target = (PG.shard_batch(t).to(conf.torch_device) for t in sampler.next_batch())
             # One step, timed
             start = time.perf_counter()
-            result = train_step(model, optim, scheduler, data, target, lb_alpha=conf.lb_alpha,
+            result = train_step(ddp, optim, scheduler, data, target, lb_alpha=conf.lb_alpha,
                                 z_loss_coef=conf.z_loss_coef, grad_clip=conf.grad_clip, autocast=autocast)
             step += 1
             # This step's metrics over the global batch (labml averages them until the next `save`)
