@@ -48,7 +48,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .watchdog import start_heartbeat, stop_heartbeat
+from .watchdog import start_heartbeat, stop_heartbeat, watch
 
 # The experiment's default: long enough for a checkpoint or a compilation, short enough to notice a frozen rank
 DEFAULT_TIMEOUT = timedelta(minutes=3)
@@ -163,7 +163,8 @@ def gather_objects(obj: Any, *, group: Any = None) -> list:
         return [obj]
     # One slot per rank
     objects = [None] * world_size
-    dist.all_gather_object(objects, obj, group=group)
+    with watch("an all-gather of objects (settings, random states)"):
+        dist.all_gather_object(objects, obj, group=group)
     return objects
 
 
@@ -216,7 +217,8 @@ def sum_over_ranks(tensor: torch.Tensor, *, group: Any = None) -> torch.Tensor:
     if world_size == 1:
         return tensor
     total = tensor.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    with watch("the metrics' all-reduce"):
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
     return total
 
 

@@ -72,6 +72,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 from .expert_parallel import expert_parameters
 from .gradient_sync import unwrap
 from .process_group import world
+from .watchdog import watch
 
 
 def _sharded(tensor: torch.Tensor, layer) -> DTensor:
@@ -151,9 +152,16 @@ def save_sharded(path: Path | str, model: nn.Module, optimizer: torch.optim.Opti
     * `extra`: a Python value, the same on every rank, written once
     * `rank_extra`: a Python value per rank (its random states, say)
 
-    Every rank calls it; returns `path` once the checkpoint is complete.
+    Every rank calls it; returns `path` once the checkpoint is complete. A
+    rank that stops answering meanwhile is named by the [watchdog](watchdog.py).
     """
-    path = Path(path)
+    with watch(f"saving the sharded checkpoint {str(path)!r}"):
+        return _save_sharded(Path(path), model, optimizer, extra=extra, rank_extra=rank_extra)
+
+
+def _save_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, *,
+                  extra: Any, rank_extra: Any) -> Path:
+    """The work of `save_sharded`."""
     partial = path.with_name(path.name + ".partial")
     rank, world_size = world()
     if path.exists():
@@ -239,7 +247,8 @@ def load_sharded(path: Path | str, model: nn.Module, optimizer: torch.optim.Opti
     if saved_world == world_size:
         state["rank_extra"] = {str(rank): io.BytesIO()}
     # Each rank reads its slices, wherever they were written
-    _load(state, path, no_dist=not (dist.is_available() and dist.is_initialized()))
+    with watch(f"loading the sharded checkpoint {str(path)!r}"):
+        _load(state, path, no_dist=not (dist.is_available() and dist.is_initialized()))
     # The model's tensors were loaded in place; the optimiser takes its state back by name
     if optimizer is not None:
         set_optimizer_state_dict(unwrap(model), optimizer, optim_state_dict=_local(state["optimizer"]))

@@ -148,6 +148,7 @@ def watch(what: str):
             who = ("rank(s) " + ", ".join(str(r) for r in stopped if r != rank)
                    + " stopped answering (no heartbeat); the others are alive")
         else:
-            who = "every rank is alive: one of them left the collective (it failed or exited)"
+            who = ("every rank is alive: one of them took longer than the timeout to get there, or left "
+                   "the collective (it failed or exited)")
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RankStopped(f"rank {rank}: {what} failed: {who} [{first_line}]") from error
