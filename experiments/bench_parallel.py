@@ -115,6 +115,8 @@ def main() -> None:
     if args.rank:
         return rank_main(args)
     rows = []
+    # The machine's load: other work on the same cores slows every layout, the larger W most
+    load_before = os.getloadavg()
     for layout in args.layouts.split(","):
         world_size, ep = (int(v) for v in layout.split(":"))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world_size),
@@ -134,7 +136,8 @@ def main() -> None:
             r["expert_mb_ratio"] = round(r["expert_mb"] / base["expert_mb"], 3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": MODEL, "global_batch": args.batch, "seq_len": args.seq_len, "threads_per_rank": args.threads,
-            "cpu_count": os.cpu_count(), "torch": torch.__version__}
+            "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "loadavg_1_5_15_before_after": [load_before, os.getloadavg()]}
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     print("W  E  expert MB/rank  params MB/rank  peak RSS growth MB  step ms (IQR)  speed-up vs W=1")
     for r in rows:

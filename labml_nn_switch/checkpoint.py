@@ -28,6 +28,13 @@ Three promises:
 * **Read with care.** A zero-byte, truncated or foreign file gives one line naming the
   file and what is wrong with it (and the previous checkpoint, if there is one), never
   a traceback from deep inside `torch.load`.
+
+With several processes a checkpoint is not a file but a folder, `step_<step>.dcp`, to
+which every process writes its own experts ([sharded_checkpoint.py](sharded_checkpoint.py)):
+the same three promises hold (it is renamed into place once complete; the last two are
+kept, files and folders alike; a folder without its metadata is never loaded), and
+`load_checkpoint` returns its state with the folder under `'sharded'`, for the weights
+to be loaded into a model built for the processes at hand.
 """
 
 import os

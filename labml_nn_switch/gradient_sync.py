@@ -35,11 +35,12 @@ each bucket *while the backward pass is still running*, overlapping the
 communication with the computation of earlier layers' gradients; a
 hand-written all-reduce after the backward waits until it has ended. It
 also checks at construction that the ranks hold parameters of the same shapes
-and makes them equal to rank 0's. Its result is the same mean: DDP divides
-each gradient by $W$ before summing, we would sum and then divide, which for
-$W$ a power of two is the same floating-point number (a division by a power of
-two is exact); elsewhere the two differ in the last bit. The test compares
-both against the single-process gradients.
+and makes them equal to rank 0's. Its result is the same mean up to rounding:
+DDP multiplies each gradient by $1/W$ before summing, a hand-written
+all-reduce would sum and then divide, which for $W$ a power of two is the same
+floating-point number (scaling by a power of two is exact); elsewhere the two
+may differ in the last bit. The tests hold both the replicated and the expert
+gradients against the single-process model's.
 
 The expert parameters are handed to DDP as parameters to ignore (DDP has no
 notion of a parameter replicated on some ranks only), and
