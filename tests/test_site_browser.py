@@ -16,7 +16,7 @@ import re
 
 import pytest
 
-from site_fixtures import ARTIFACTS, CHROMIUM_ARGS, require_chromium, serve_real_site
+from site_fixtures import ARTIFACTS, chromium, serve_real_site
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -28,12 +28,8 @@ MODEL_PAGES = ["", "labml_nn_switch/", "labml_nn_switch/mha/", "labml_nn_switch/
 
 @pytest.fixture(scope="module")
 def browser():
-    executable = require_chromium()
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
