@@ -60,6 +60,7 @@ import re
 import socket
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -229,6 +230,9 @@ def create_app(*, host: str, port: int, data_dir: Path, node_modules: Path):
     # It logs every request; keep warnings and errors
     from labml_app.logger import logger
     logger.setLevel(logging.WARNING)
+    # Its summaries take NumPy means of series that have no points yet; the result is unused
+    warnings.filterwarnings('ignore', message='Mean of empty slice', category=RuntimeWarning)
+    warnings.filterwarnings('ignore', message='invalid value encountered in scalar divide', category=RuntimeWarning)
     from labml_app import flask_app
     # Its catch-all route serves files from `STATIC_PATH`, read at each request
     flask_app.STATIC_PATH = build_static(data_dir / 'static', node_modules)
