@@ -83,8 +83,11 @@ def test_an_app_url_that_is_not_a_url_names_itself(tmp_path):
         tracking.labml_settings(tmp_path)
 
 
-def test_the_app_is_a_writer_only_when_it_answers(monkeypatch, capsys):
-    # The repository's settings have no `app_url`: the environment gives it
+def test_the_app_is_a_writer_only_when_it_answers(tmp_path, monkeypatch, capsys):
+    # Settings with no `app_url` (a folder without `.labml.yaml`): the environment gives it
+    monkeypatch.chdir(tmp_path)
+    tracking.use_labml_settings()
+    capsys.readouterr()
     class Quiet(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(404)
