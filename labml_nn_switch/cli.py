@@ -57,6 +57,7 @@ from labml_nn_switch.configs import (PRESETS, ConfigError, Configs, defaults, ex
 from labml_nn_switch.data import DataError, find_text_file, load_text, split_text
 from labml_nn_switch.experiment import build_model
 from labml_nn_switch.sharded_checkpoint import load_sharded
+from labml_nn_switch.tracking import use_labml_settings, writers
 from labml_nn_switch.trainer import Interrupted, TrainResult, checkpoint_settings, generate, train
 from labml_nn_switch.watchdog import RankStopped
 
@@ -71,27 +72,18 @@ RESUMABLE = {'steps', 'log_interval', 'eval_interval', 'checkpoint_interval', 'd
 
 def labml_root():
     """
-    Put labml's `logs/` and `data/` folders in the project: the folder of the nearest
-    `.labml.yaml` above the working directory, else the working directory.
+    labml's folders (`logs/`, `data/`) and the app's address, all from the `.labml.yaml`
+    of the working directory (see [tracking.py](tracking.py)). A bad setting is a `ConfigError`.
     """
-    # Look upwards for labml's settings file
-    cwd = Path.cwd().resolve()
-    root = next((p for p in (cwd, *cwd.parents) if (p / '.labml.yaml').is_file()), cwd)
-    # Tell labml
-    lab.configure({'path': str(root)})
+    try:
+        use_labml_settings()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def runs_dir() -> Path:
     """The folder of this experiment's runs, `logs/switch_shakespeare/`."""
     return Path(lab.get_experiments_path()) / EXPERIMENT_NAME
-
-
-def writers() -> set[str]:
-    """
-    The screen and labml's local files; the labml app only when a URL is configured.
-    """
-    app_url = lab.get_info()['configs'].get('app_url') or os.environ.get('labml_app_url')
-    return {'screen', 'file', 'app'} if app_url else {'screen', 'file'}
 
 
 # ## Several processes
