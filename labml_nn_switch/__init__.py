@@ -18,6 +18,7 @@ text of this site, and an experiment. Read the modules in this order:
 5. [The Tiny Shakespeare experiment](experiment.py), with its
    [data](data.py) and [checkpoints](checkpoint.py)
 6. [Expert parallelism over several processes](distributed.py)
+7. [The routing made visible](routing_view.py): what a trained router does
 
 The public API is re-exported here:
 
