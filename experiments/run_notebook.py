@@ -108,7 +108,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f'error: no Tiny Shakespeare at {args.data}; put it there, or pass --data PATH', file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix='notebook-') as tmp:
-        # The text where the notebook looks by default, so that the page shows no local path
+        # labml's settings, and the text where the notebook looks by default (so that the page
+        # shows no local path)
+        shutil.copy(ROOT / '.labml.yaml', tmp)
         (Path(tmp) / 'data').mkdir()
         (Path(tmp) / 'data' / 'tiny_shakespeare.txt').symlink_to(Path(args.data).resolve())
         nb = execute({'STEPS': args.steps} if args.steps else {}, Path(tmp))

@@ -131,6 +131,6 @@ from IPython.display import HTML
 
 from labml_nn_switch import routing_view
 
-model, state, _ = routing_view.load_trained(str(result.checkpoint))
-view = routing_view.analyse(model, state, text=DATA_FILE.read_text(encoding='utf-8'), run_dir=result.run_dir)
+trained = routing_view.load_trained(str(result.checkpoint))
+view = routing_view.analyse(trained, text=DATA_FILE.read_text(encoding='utf-8'))
 HTML(routing_view.render(view, uid='notebook-routing'))

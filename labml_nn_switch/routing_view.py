@@ -45,11 +45,13 @@ import io
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import matplotlib
 import torch
+from labml import lab
 from matplotlib.figure import Figure
 
 from labml_nn_switch.checkpoint import find_checkpoint, latest_checkpoint, load_checkpoint
@@ -64,26 +66,47 @@ class ViewError(ValueError):
 
 # ## Load the trained model
 
-def load_trained(checkpoint: Optional[str]) -> tuple[torch.nn.Module, dict[str, Any], Path]:
+@dataclass
+class Trained:
+    """A trained model and what its checkpoint says about it."""
+    # In evaluation mode, on the CPU
+    model: torch.nn.Module
+    # The settings it was trained with (`n_experts`, `seq_len`, `batch_size`, `capacity_factor`, ...)
+    settings: dict[str, Any]
+    # The characters of its vocabulary
+    itos: list[str]
+    # The step of the checkpoint, and the evaluations up to it
+    step: int
+    history: list[dict[str, Any]]
+    # The checkpoint file
+    path: Path
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's folder (`logs/<experiment>/<run>/`), where labml's log is."""
+        return self.path.parent.parent if self.path.parent.name == 'checkpoints' else self.path.parent
+
+
+def load_trained(checkpoint: Optional[str]) -> Trained:
     """
-    The model of a checkpoint (a file or a run folder; the newest run's when `None`), in
-    evaluation mode on the CPU, with the checkpoint's state and path.
+    The model of a checkpoint: a file or a run folder, or the newest run's when `None`.
     """
     # Find it, as `sample` does
     labml_root()
-    from labml import lab
     where = Path(checkpoint) if checkpoint else lab.get_experiments_path() / EXPERIMENT_NAME
     path = find_checkpoint(where) if checkpoint else latest_checkpoint(where)
     if path is None:
         raise ViewError(f'no checkpoint in {str(where)!r}; train first (make quick), or pass --checkpoint PATH')
     state = load_checkpoint(path)
+    settings = state['config']
     # A dense model has nothing to show
-    if state['config']['model'] != 'switch':
-        raise ViewError(f'{path} holds a {state["config"]["model"]!r} model: it has no Switch layers to show')
+    if settings['model'] != 'switch':
+        raise ViewError(f'{path} holds a {settings["model"]!r} model: it has no Switch layers to show')
     # Built as in training, with the trained weights
-    model = build_model(state['config'], n_vocab=len(state['itos']))
+    model = build_model(settings, n_vocab=len(state['itos']))
     model.load_state_dict(state['model'])
-    return model.eval(), state, path
+    return Trained(model=model.eval(), settings=settings, itos=state['itos'], step=state['step'],
+                   history=state.get('history', []), path=path)
 
 
 # ## Route a text
@@ -104,15 +127,17 @@ def route(model: torch.nn.Module, ids: torch.Tensor, *, seq_len: int, batch_size
             m.config = dataclasses.replace(m.config, eval_capacity_factor=capacity_factor)
     # Windows, `[n_windows, seq_len]`
     windows = ids[:len(ids) // seq_len * seq_len].view(-1, seq_len)
-    layers = None
+    found = []
     for batch in windows.split(batch_size):
         # `[seq_len, batch]`, as the model takes it
         _, routing = model(batch.T.contiguous())
-        # A layer's tokens are `[seq_len, batch]` flattened: back to text order, `[batch * seq_len]`
-        found = [{k: getattr(r, k if k != 'gate' else 'max_prob').view(seq_len, -1).T.flatten()
-                  for k in ('expert', 'kept', 'gate')} for r in routing.layers]
-        layers = found if layers is None else [{k: torch.cat([a[k], b[k]]) for k in a} for a, b in zip(layers, found)]
-    return layers or []
+        # A layer's tokens are `[seq_len, batch]` flattened: back to the text's order, `[batch * seq_len]`
+        found.append([{k: v.view(seq_len, -1).T.flatten()
+                       for k, v in (('expert', r.expert), ('kept', r.kept), ('gate', r.max_prob))}
+                      for r in routing.layers])
+    # Per layer, the batches one after the other
+    n_layers = len(found[0]) if found else 0
+    return [{k: torch.cat([b[l][k] for b in found]) for k in ('expert', 'kept', 'gate')} for l in range(n_layers)]
 
 
 # ## What each expert does
@@ -182,14 +207,17 @@ def read_labml_log(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def utilisation(state: dict[str, Any], run_dir: Path, n_layers: int) -> dict[str, Any]:
+def utilisation(trained: Trained, n_layers: int) -> dict[str, Any]:
     """
     Per layer: each expert's share of the validation tokens at each evaluation (the
     checkpoint's `history`), and the smallest and largest share of an expert in the
-    training batches (`route.min.<layer>`, `route.max.<layer>` of the labml log).
+    training batches (`route.min.<layer>`, `route.max.<layer>` of the labml log), up to
+    the checkpoint's step.
     """
-    evaluations = [h for h in state.get('history', []) if 'route_fraction' in h]
-    log = read_labml_log(run_dir)
+    evaluations = [h for h in trained.history if 'route_fraction' in h]
+    # The log up to the checkpoint's step (the run may have gone on after it)
+    log = {name: [(s, v) for s, v in points if s <= trained.step]
+           for name, points in read_labml_log(trained.run_dir).items()}
     return {
         'eval_steps': [h['step'] for h in evaluations],
         # `[n_layers][n_experts][n_evaluations]`
@@ -202,8 +230,7 @@ def utilisation(state: dict[str, Any], run_dir: Path, n_layers: int) -> dict[str
 
 # ## Everything the page shows
 
-def analyse(model: torch.nn.Module, state: dict[str, Any], *, text: str, run_dir: Path,
-            offset: Optional[int] = None, length: Optional[int] = None,
+def analyse(trained: Trained, *, text: str, offset: Optional[int] = None, length: Optional[int] = None,
             capacity_factor: Optional[float] = None) -> dict[str, Any]:
     """
     The numbers of the view, as plain JSON values: the routing of a passage of the
@@ -211,10 +238,10 @@ def analyse(model: torch.nn.Module, state: dict[str, Any], *, text: str, run_dir
     worth, from the first blank line), statistics over all of the validation text, and
     utilisation over training.
     """
-    config = state['config']
+    config = trained.settings
     seq_len, batch_size, n_experts = config['seq_len'], config['batch_size'], config['n_experts']
     cf = config['capacity_factor'] if capacity_factor is None else capacity_factor
-    stoi = {s: i for i, s in enumerate(state['itos'])}
+    stoi = {s: i for i, s in enumerate(trained.itos)}
     # The held-out text, in the model's vocabulary
     valid = split_text(text)[1]
     unknown = sorted(set(valid) - set(stoi))
@@ -234,10 +261,10 @@ def analyse(model: torch.nn.Module, state: dict[str, Any], *, text: str, run_dir
         return torch.tensor([stoi[ch] for ch in s])
 
     # Route the passage, and all of the validation text
-    shown = route(model, ids(passage), seq_len=seq_len, batch_size=batch_size, capacity_factor=cf)
-    everything = route(model, ids(valid), seq_len=seq_len, batch_size=batch_size, capacity_factor=cf)
+    shown = route(trained.model, ids(passage), seq_len=seq_len, batch_size=batch_size, capacity_factor=cf)
+    everything = route(trained.model, ids(valid), seq_len=seq_len, batch_size=batch_size, capacity_factor=cf)
     return {
-        'step': state['step'], 'n_experts': n_experts, 'capacity_factor': cf,
+        'step': trained.step, 'n_experts': n_experts, 'capacity_factor': cf,
         'settings': {k: config[k] for k in ('preset', 'n_layers', 'd_model', 'd_ff', 'n_experts', 'seq_len',
                                             'batch_size', 'capacity_factor', 'steps')},
         'passage': {'offset': offset, 'text': passage, 'layers': [
@@ -245,7 +272,7 @@ def analyse(model: torch.nn.Module, state: dict[str, Any], *, text: str, run_dir
              'gate': [round(g, 3) for g in r['gate'].tolist()]} for r in shown]},
         'stats': {'n_tokens': len(everything[0]['expert']),
                   'layers': [expert_statistics(valid, r, n_experts=n_experts) for r in everything]},
-        'history': utilisation(state, run_dir, len(shown)),
+        'history': utilisation(trained, len(shown)),
     }
 
 
@@ -475,17 +502,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument('--capacity-factor', type=float, help='default: the training capacity factor')
     args = parser.parse_args(argv)
     try:
-        model, state, path = load_trained(args.checkpoint)
-        from labml import lab
+        trained = load_trained(args.checkpoint)
         text = load_text(find_text_file(args.data, data_dir=lab.get_data_path(), allow_download=False))
-        run_dir = path.parent.parent if path.parent.name == 'checkpoints' else path.parent
-        data = analyse(model, state, text=text, run_dir=run_dir, offset=args.offset, length=args.length,
+        data = analyse(trained, text=text, offset=args.offset, length=args.length,
                        capacity_factor=args.capacity_factor)
     except (ViewError, DataError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     # Write the numbers and the fragment
-    out = Path(args.out) if args.out else run_dir / 'routing'
+    out = Path(args.out) if args.out else trained.run_dir / 'routing'
     out.mkdir(parents=True, exist_ok=True)
     (out / 'routing.json').write_text(json.dumps(data, separators=(',', ':')) + '\n', encoding='utf-8')
     (out / 'routing.html').write_text(render(data) + '\n', encoding='utf-8')

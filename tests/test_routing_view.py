@@ -29,10 +29,15 @@ def tiny_state(**overrides) -> dict:
     return {'step': 20, 'config': settings, 'itos': itos, 'model': model.state_dict(), 'history': history}
 
 
-def test_route_puts_tokens_back_in_text_order():
-    state = tiny_state()
-    model = ex.build_model(state['config'], n_vocab=len(state['itos'])).eval()
-    model.load_state_dict(state['model'])
+def trained(tmp_path, **overrides) -> rv.Trained:
+    """The tiny model as `load_trained` gives it, from a checkpoint in a run folder."""
+    save_checkpoint(tmp_path / 'run' / 'checkpoints' / 'checkpoint.pt', tiny_state(**overrides))
+    return rv.load_trained(str(tmp_path / 'run'))
+
+
+def test_route_puts_tokens_back_in_text_order(tmp_path):
+    t = trained(tmp_path)
+    model, state = t.model, {'itos': t.itos}
     ids = torch.tensor([state['itos'].index(c) for c in TEXT[:16 * 6]])
     # One window a batch is trivially in text order; six windows a batch must agree with it
     alone = rv.route(model, ids, seq_len=16, batch_size=1, capacity_factor=100.0)
@@ -97,10 +102,9 @@ class Spans(HTMLParser):
 
 
 def test_render_shows_each_layer_each_character_and_drops(tmp_path):
-    state = tiny_state()
-    model = ex.build_model(state['config'], n_vocab=len(state['itos'])).eval()
-    model.load_state_dict(state['model'])
-    data = rv.analyse(model, state, text=TEXT, run_dir=tmp_path, length=16 * 4, capacity_factor=0.6)
+    t = trained(tmp_path)
+    assert t.run_dir == tmp_path / 'run' and t.step == 20
+    data = rv.analyse(t, text=TEXT, length=16 * 4, capacity_factor=0.6)
     page = rv.render(data, uid='t')
     # One block for Markdown: no blank line; nothing fetched from anywhere
     assert '\n\n' not in page
@@ -145,7 +149,7 @@ def test_command_writes_fragment_and_numbers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'text.txt').write_text(TEXT)
     save_checkpoint(tmp_path / 'run' / 'checkpoints' / 'checkpoint.pt', tiny_state())
-    (tmp_path / 'run' / 'log.jsonl').write_text(json.dumps({'track': {'route.min.0': [[10, [0.2]]],
+    (tmp_path / 'run' / 'log.jsonl').write_text(json.dumps({'track': {'route.min.0': [[10, [0.2]], [30, [0.1]]],
                                                                        'route.max.0': [[10, [0.3]]]}}) + '\n')
     assert rv.main(['--checkpoint', str(tmp_path / 'run'), '--data', str(tmp_path / 'text.txt')]) == 0
     data = json.loads((tmp_path / 'run' / 'routing' / 'routing.json').read_text())
