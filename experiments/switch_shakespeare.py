@@ -59,6 +59,7 @@ if 'google.colab' in sys.modules:
 # `.labml.yaml` (else the working directory), and downloads it there when it is missing.
 
 # %%
+import os
 from pathlib import Path
 
 from labml import lab
@@ -74,7 +75,7 @@ except DataError as e:
     raise SystemExit(f'No Tiny Shakespeare to train on: {e}. Put tiny_shakespeare.txt at '
                      f'{Path(lab.get_data_path()) / "tiny_shakespeare.txt"}, or set DATA in the '
                      f'settings cell to its path.') from None
-print(f'Tiny Shakespeare: {DATA_FILE} ({DATA_FILE.stat().st_size:,} bytes)')
+print(f'Tiny Shakespeare: {os.path.relpath(DATA_FILE)} ({DATA_FILE.stat().st_size:,} bytes)')
 
 # %% [markdown]
 # ## Train

@@ -307,3 +307,16 @@ def test_routing_page_legible_in_both_palettes_on_a_phone(watched, scheme):
     assert w.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     w.screenshot(f"routing-390-{scheme}")
     w.assert_clean()
+
+
+def test_notebook_page_shows_its_outputs(watched):
+    w = watched(PHONE)
+    w.goto("notebook/")
+    # The button to Colab (a link, not an image from elsewhere), the plot, the routing view
+    colab = w.page.locator("a.md-button", has_text="Open in Colab")
+    assert colab.get_attribute("href").startswith("https://colab.research.google.com/github/")
+    assert w.page.evaluate("[...document.querySelectorAll('article img')].filter(i => i.naturalWidth > 0).length") >= 1
+    assert w.page.locator("#notebook-routing .rv-layer").count() >= 2
+    assert w.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    w.screenshot("notebook-390")
+    w.assert_clean()
