@@ -64,8 +64,8 @@ from pathlib import Path
 
 from labml import lab
 
+from labml_nn_switch.cli import labml_root
 from labml_nn_switch.data import DataError, find_text_file
-from labml_nn_switch.experiment import labml_root
 
 labml_root()
 try:
@@ -85,7 +85,7 @@ print(f'Tiny Shakespeare: {os.path.relpath(DATA_FILE)} ({DATA_FILE.stat().st_siz
 # and the checkpoint goes in its `checkpoints/`.
 
 # %%
-from labml_nn_switch.experiment import run_train
+from labml_nn_switch.cli import run_train
 
 result = run_train({'preset': 'quick', 'steps': STEPS, 'data': str(DATA_FILE)})
 
@@ -115,7 +115,7 @@ plt.show()
 # 300 characters after a prompt, drawn at temperature 0.8 from the last checkpoint.
 
 # %%
-from labml_nn_switch.experiment import run_sample
+from labml_nn_switch.cli import run_sample
 
 print(run_sample(checkpoint=str(result.checkpoint), prompt='ROMEO:', length=300, temperature=0.8, seed=0))
 

@@ -15,8 +15,9 @@ text of this site, and an experiment. Read the modules in this order:
 2. [The feed-forward network, the expert](feed_forward.py)
 3. [The Switch layer: routing, capacity, losses, dispatch](switch.py)
 4. [Transformer layers and the dense baseline](transformer.py)
-5. [The Tiny Shakespeare experiment](experiment.py), with its
-   [data](data.py) and [checkpoints](checkpoint.py)
+5. [The Tiny Shakespeare experiment](experiment.py): its [settings](configs.py),
+   [training loop](trainer.py), [command line](cli.py), [data](data.py) and
+   [checkpoints](checkpoint.py)
 6. [Expert parallelism over several processes](distributed.py)
 7. [The routing made visible](routing_view.py): what a trained router does
 

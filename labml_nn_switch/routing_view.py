@@ -54,9 +54,8 @@ import torch
 from labml import lab
 from matplotlib.figure import Figure
 
-from labml_nn_switch.checkpoint import find_checkpoint, latest_checkpoint, load_checkpoint
-from labml_nn_switch.data import DataError, find_text_file, load_text, split_text
-from labml_nn_switch.experiment import EXPERIMENT_NAME, build_model, labml_root
+from labml_nn_switch import cli
+from labml_nn_switch.data import find_text_file, load_text, split_text
 from labml_nn_switch.switch import SwitchFeedForward
 
 
@@ -89,22 +88,13 @@ class Trained:
 
 def load_trained(checkpoint: Optional[str]) -> Trained:
     """
-    The model of a checkpoint: a file or a run folder, or the newest run's when `None`.
+    The model of a checkpoint: a file or a run folder, or the newest run's when `None`
+    (found and built as `sample` does).
     """
-    # Find it, as `sample` does
-    labml_root()
-    where = Path(checkpoint) if checkpoint else lab.get_experiments_path() / EXPERIMENT_NAME
-    path = find_checkpoint(where) if checkpoint else latest_checkpoint(where)
-    if path is None:
-        raise ViewError(f'no checkpoint in {str(where)!r}; train first (make quick), or pass --checkpoint PATH')
-    state = load_checkpoint(path)
-    settings = state['config']
+    model, state, settings, path = cli.load_trained(checkpoint)
     # A dense model has nothing to show
     if settings['model'] != 'switch':
         raise ViewError(f'{path} holds a {settings["model"]!r} model: it has no Switch layers to show')
-    # Built as in training, with the trained weights
-    model = build_model(settings, n_vocab=len(state['itos']))
-    model.load_state_dict(state['model'])
     return Trained(model=model.eval(), settings=settings, itos=state['itos'], step=state['step'],
                    history=state.get('history', []), path=path)
 
@@ -506,7 +496,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         text = load_text(find_text_file(args.data, data_dir=lab.get_data_path(), allow_download=False))
         data = analyse(trained, text=text, offset=args.offset, length=args.length,
                        capacity_factor=args.capacity_factor)
-    except (ViewError, DataError) as e:
+    except (ViewError, *cli.USER_ERRORS) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     # Write the numbers and the fragment

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from labml_nn_switch import cli
 from labml_nn_switch import experiment as ex
-from labml_nn_switch.checkpoint import load_checkpoint
+from labml_nn_switch.checkpoint import find_checkpoint, load_checkpoint
+from labml_nn_switch.switch import SwitchConfig
 from shared_text import SHAKESPEARE, needs_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +45,7 @@ def torchrun(workdir: Path, *args: str, nproc: int = 2) -> subprocess.CompletedP
 
 def runs(workdir: Path) -> list[Path]:
     """The run folders labml made, oldest first."""
-    folder = workdir / 'logs' / ex.EXPERIMENT_NAME
+    folder = workdir / 'logs' / cli.EXPERIMENT_NAME
     return sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns) if folder.is_dir() else []
 
 
@@ -54,14 +56,14 @@ def first(tmp_path_factory):
     proc = torchrun(workdir, *SETTINGS, 'steps=10')
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = runs(workdir)
-    return workdir, run, load_checkpoint(run / 'checkpoints' / 'checkpoint.pt'), proc
+    return workdir, run, load_checkpoint(find_checkpoint(run)), proc
 
 
 @pytest.mark.slow
 def test_two_processes_train_and_rank_0_writes_one_checkpoint(first):
     workdir, run, state, proc = first
     # One run folder, one checkpoint in it, no download
-    assert [p.name for p in (run / 'checkpoints').iterdir()] == ['checkpoint.pt']
+    assert [p.name for p in (run / 'checkpoints').iterdir()] == ['step_00000010.pt']
     assert (run / 'log.jsonl').is_file() and not (workdir / 'data').exists()
     # Rank 0 alone printed the sample
     assert proc.stdout.count('--- sample ---') == 1
@@ -86,13 +88,14 @@ def test_two_processes_train_and_rank_0_writes_one_checkpoint(first):
 def test_resume_on_two_processes_continues_exactly(first):
     """10 steps, resume to 20 on 2 processes == 20 steps straight on 2 processes, bit for bit."""
     workdir, run, _, _ = first
-    resumed = torchrun(workdir, '--resume', str(run), 'steps=20')
+    resumed = torchrun(workdir, 'steps=20', '--resume', str(run))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     straight = torchrun(workdir, *SETTINGS, 'steps=20')
     assert straight.returncode == 0, straight.stderr[-3000:]
-    # The first run, the resumed one, the straight one
-    assert len(runs(workdir)) == 3
-    a, b = (load_checkpoint(r / 'checkpoints' / 'checkpoint.pt') for r in runs(workdir)[1:])
+    # The first run, resumed in place (the same labml run), and the straight one
+    first_run, straight_run = runs(workdir)
+    assert first_run == run
+    a, b = (load_checkpoint(find_checkpoint(r)) for r in (first_run, straight_run))
     assert a['step'] == b['step'] == 20
     for name, value in b['model'].items():
         assert torch.equal(value, a['model'][name]), name
@@ -109,10 +112,10 @@ def test_two_process_checkpoint_samples_in_one_process(first, monkeypatch):
     workdir, run, state, _ = first
     monkeypatch.chdir(workdir)
     # An ordinary model takes the gathered weights as they are
-    model = ex.build_model(state['config'], n_vocab=len(state['itos']))
+    model = ex.build_model(state['settings'], switch=SwitchConfig(**state['switch']), n_vocab=len(state['itos']))
     model.load_state_dict(state['model'])
     # `sample` rebuilds it from the checkpoint
-    text = ex.run_sample(checkpoint=str(run), prompt='It is', length=15, temperature=1.0, seed=3)
+    text = cli.run_sample(checkpoint=str(run), prompt='It is', length=15, temperature=1.0, seed=3)
     assert text.startswith('It is') and len(text) == len('It is') + 15
 
 
@@ -121,7 +124,7 @@ def test_resume_on_another_number_of_processes_is_a_clear_error(first, monkeypat
     workdir, run, _, _ = first
     monkeypatch.chdir(workdir)
     # One process, a checkpoint of two
-    assert ex.main(['train', '--resume', str(run), 'steps=20']) == 2
+    assert cli.main(['train', 'steps=20', '--resume', str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == 'error: the checkpoint was saved by 2 process(es); resume it on as many (this run has 1)'
 

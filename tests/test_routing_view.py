@@ -1,6 +1,7 @@
 """The routing view: routing a text in the text's order, the per-expert statistics, the labml
 log reader, the HTML fragment, and the command's errors."""
 
+import dataclasses
 import json
 import re
 from html.parser import HTMLParser
@@ -8,9 +9,10 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
-from labml_nn_switch import experiment as ex
+from labml_nn_switch import configs
 from labml_nn_switch import routing_view as rv
 from labml_nn_switch.checkpoint import save_checkpoint
+from labml_nn_switch.experiment import build_model
 
 # A text of its own (no data file needed), long enough for a validation split of a few windows
 TEXT = ('First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n' * 40)
@@ -19,19 +21,25 @@ TINY = dict(n_layers=2, d_model=16, n_heads=2, d_ff=32, n_experts=4, seq_len=16,
 
 def tiny_state(**overrides) -> dict:
     """A checkpoint's state with a freshly initialised tiny model and a made-up history."""
-    settings = {**{k: getattr(ex.Configs, k).value for k in ex.SETTINGS},
-                **{k: v for k, v in TINY.items() if k in ex.SETTINGS}, **overrides}
+    values = {**configs.defaults(), **TINY, **overrides}
+    switch = dataclasses.asdict(configs.switch_config(values))
     itos = sorted(set(TEXT))
     torch.manual_seed(0)
-    model = ex.build_model(settings, n_vocab=len(itos))
+    model = build_model(values, switch=configs.switch_config(values), n_vocab=len(itos))
     history = [{'step': s, 'loss.train': 1.0, 'route_fraction': [[0.1, 0.2, 0.3, 0.4], [0.25] * 4]}
                for s in (10, 20)]
-    return {'step': 20, 'config': settings, 'itos': itos, 'model': model.state_dict(), 'history': history}
+    return {'step': 20, 'settings': {k: v for k, v in values.items() if k not in switch}, 'switch': switch,
+            'itos': itos, 'model': model.state_dict(), 'history': history}
+
+
+def save_run(folder, **overrides):
+    """A run folder with the tiny model's checkpoint."""
+    save_checkpoint(folder / 'checkpoints', 20, tiny_state(**overrides))
 
 
 def trained(tmp_path, **overrides) -> rv.Trained:
     """The tiny model as `load_trained` gives it, from a checkpoint in a run folder."""
-    save_checkpoint(tmp_path / 'run' / 'checkpoints' / 'checkpoint.pt', tiny_state(**overrides))
+    save_run(tmp_path / 'run', **overrides)
     return rv.load_trained(str(tmp_path / 'run'))
 
 
@@ -136,11 +144,11 @@ def test_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'no checkpoint' in err
     # A dense model
-    save_checkpoint(tmp_path / 'dense.pt', tiny_state(model='dense'))
-    assert rv.main(['--checkpoint', str(tmp_path / 'dense.pt')]) == 2
+    save_run(tmp_path / 'dense', model='dense')
+    assert rv.main(['--checkpoint', str(tmp_path / 'dense')]) == 2
     assert 'no Switch layers' in capsys.readouterr().err
     # No text where the experiment looks for it
-    save_checkpoint(tmp_path / 'run' / 'checkpoints' / 'checkpoint.pt', tiny_state())
+    save_run(tmp_path / 'run')
     assert rv.main(['--checkpoint', str(tmp_path / 'run')]) == 2
     assert 'put the file there' in capsys.readouterr().err
 
@@ -148,7 +156,7 @@ def test_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
 def test_command_writes_fragment_and_numbers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'text.txt').write_text(TEXT)
-    save_checkpoint(tmp_path / 'run' / 'checkpoints' / 'checkpoint.pt', tiny_state())
+    save_run(tmp_path / 'run')
     (tmp_path / 'run' / 'log.jsonl').write_text(json.dumps({'track': {'route.min.0': [[10, [0.2]], [30, [0.1]]],
                                                                        'route.max.0': [[10, [0.3]]]}}) + '\n')
     assert rv.main(['--checkpoint', str(tmp_path / 'run'), '--data', str(tmp_path / 'text.txt')]) == 0

@@ -224,3 +224,15 @@ def test_serve_watches_the_sources(tmp_path):
 
     server = plugin.on_serve(Server(), config=config, builder=None)
     assert (tmp_path / "pkg").resolve() in server.watched
+
+
+def test_results_page_plots_come_from_the_study_results():
+    """The hook serves experiments/results/*.png as study/*.png; docs/ holds no link or copy of them."""
+    site = require_real_site().path
+    page = site / "results" / "index.html"
+    plots = [src for tag, src in parse_page(page).resources if tag == "img" and "study/" in src]
+    assert len(plots) >= 4
+    for src in plots:
+        served, _ = resolve_link(site, page, src)
+        assert served.read_bytes() == (ROOT / "experiments" / "results" / served.name).read_bytes(), src
+    assert not (ROOT / "docs" / "study").exists()
