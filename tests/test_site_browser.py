@@ -282,7 +282,7 @@ OVERFLOWING_CODE = """() => [...document.querySelectorAll('.literate-code pre, .
   .filter(e => e.scrollWidth > e.clientWidth + 1).length"""
 
 
-@pytest.mark.parametrize("path", ["labml_nn_switch/switch/", "labml_nn_switch/distributed/"])
+@pytest.mark.parametrize("path", ["labml_nn_switch/switch/", "labml_nn_switch/expert_parallel/"])
 def test_code_fits_100_columns_and_longer_lines_wrap_with_a_hanging_indent(watched, path):
     w = watched(DESKTOP)
     w.goto(path)
@@ -376,7 +376,7 @@ def test_breadcrumbs_and_module_list_lead_between_pages(watched):
     w.page.wait_for_selector(".literate-contents")
     listed = w.page.locator(".literate-contents li a")
     hrefs = [listed.nth(i).get_attribute("href") for i in range(listed.count())]
-    for name in ("mha", "feed_forward", "switch", "transformer", "experiment", "distributed"):
+    for name in ("mha", "feed_forward", "switch", "transformer", "experiment", "expert_parallel"):
         assert any(h.endswith(f"/labml_nn_switch/{name}/") for h in hrefs), hrefs
     w.screenshot("module-list")
     w.page.locator(".literate-contents li a", has_text=re.compile("^The Switch layer")).click()
