@@ -28,7 +28,13 @@ This file holds two modules:
 * `FeedForward`: one FFN, the dense layer (and the FLOP-matched dense baseline);
 * `Experts`: $N$ FFNs whose weights are stacked into tensors with a leading
   expert dimension, so that all experts run in one batched (`bmm`) or grouped
-  (`grouped_mm`) matrix multiplication instead of a Python loop.
+  (`grouped_mm`) matrix multiplication on a GPU, or expert by expert over
+  contiguous blocks of rows on the CPU (`ExpertRows`).
+
+A note on cost: a plain FFN does $2 \cdot 2\, d_{model} d_{ff}$ FLOPs per token
+forward (two matrix multiplications, a multiply and an add each). A gated one
+does $3 \cdot 2\, d_{model} d_{ff}$: $W_1$ has twice the outputs. To compare a
+gated FFN with a plain one at equal FLOPs, take $d_{ff}$ two thirds as large.
 
 It imports nothing but torch, so you can copy it into your own project.
 """
@@ -80,7 +86,8 @@ def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
 
 def truncated_normal_(weight: torch.Tensor, *, fan_in: int, scale: float) -> torch.Tensor:
     r"""
-    The Switch Transformer's initialisation (section 2.3 of the paper): draw from a
+    The Switch Transformer's initialisation (section 2.4 of the paper, "Smaller parameter initialization
+    for stability", Table 3): draw from a
     normal distribution with mean $0$ and standard deviation $\sigma = \sqrt{s / n}$,
     truncated at $\pm 2\sigma$, where $n$ is the number of input units (`fan_in`)
     and $s$ the `scale`. The paper lowers $s$ from the usual $1.0$ to $0.1$ and
@@ -123,6 +130,35 @@ def check_sizes(*, d_model: int, d_ff: int, dropout: float, activation: str, ini
     check_float(dropout_name, dropout, low=0.0, high=1.0)
     check_float("init_scale", init_scale, low=0.0, low_open=True)
     check_activation(activation)
+
+
+def grouped_mm_supported(x: torch.Tensor, *widths: int) -> bool:
+    r"""
+    Whether `torch.nn.functional.grouped_mm` (torch 2.8 and later) can multiply
+    `x`, `[n_rows, d]`, by stacked weights whose other sides are `widths`:
+
+    * on the CPU: float32, bfloat16 or float16; on a CUDA GPU: bfloat16 on
+      compute capability 9.0 or more (its kernel is written for Hopper);
+    * every row stride a multiple of 16 bytes: $d$ and every width times the
+      element size (float32: multiples of 4, bfloat16: of 8);
+    * at least one row (it rejects an empty input);
+    * not under `torch.compile` unless bfloat16 (its shape-checking stand-in
+      accepts only bfloat16, torch 2.13).
+
+    Where it returns `False` the caller takes the padded `bmm` path, which has
+    none of these limits.
+    """
+    if not hasattr(F, "grouped_mm") or x.dim() != 2 or x.shape[0] == 0:
+        return False
+    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
+        return False
+    if any(w * x.element_size() % 16 for w in (x.shape[1], *widths)):
+        return False
+    if x.device.type == "cpu":
+        return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    if x.device.type == "cuda":
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
+    return False
 
 
 class FeedForward(nn.Module):
@@ -185,14 +221,19 @@ class Experts(nn.Module):
     * `w2`: `[n_experts, d_ff, d_model]`, `b2`: `[n_experts, d_model]`
 
     (stored as $x W$ rather than $W x$, the layout matrix multiplication wants).
-    Two ways to run them, both one kernel per linear layer for all experts:
+    Three ways to run them:
 
     * `forward_grouped`: tokens sorted by expert into one `[n_tokens, d_model]`
       tensor; `torch.nn.functional.grouped_mm` multiplies each contiguous group
-      of rows by its own expert's weight. No padding is computed.
+      of rows by its own expert's weight, one kernel per linear layer for all
+      experts. No padding is computed.
     * `forward_padded`: tokens in per-expert buffers `[n_experts, capacity, d_model]`
       (the layout of Mesh-TensorFlow and GShard); `torch.bmm` multiplies them,
-      empty slots included.
+      empty slots included. Works for every dtype and size.
+    * `forward_rows`: the CPU path. The host already knows how many rows each
+      expert has, so each expert's block is an ordinary matrix multiplication,
+      the combine is folded in, and backward keeps only the hidden layer
+      (`ExpertRows`).
     """
 
     def __init__(self, *, n_experts: int, d_model: int, d_ff: int, dropout: float = 0.1,
@@ -202,14 +243,17 @@ class Experts(nn.Module):
         * `d_model`, `d_ff`, `activation`, `bias`, `init_scale`: as for `FeedForward`,
           the same for every expert
         * `dropout`: the *expert dropout*, on each expert's hidden layer. The paper
-          (section 3, "expert dropout") fine-tunes with 0.4 here and 0.1 elsewhere.
+          (section 2.4, "Regularizing large sparse models", Table 4) fine-tunes with 0.4
+          here and 0.1 elsewhere.
         """
         super().__init__()
         check_sizes(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation, init_scale=init_scale)
         check_int("n_experts", n_experts, minimum=1)
         self.n_experts = n_experts
+        self.d_ff = d_ff
         self.activation = activation
-        d_hidden = 2 * d_ff if is_gated(activation) else d_ff
+        # $W_1$'s outputs: twice $d_{ff}$ for a gated unit
+        self.d_hidden = d_hidden = 2 * d_ff if is_gated(activation) else d_ff
         # The stacked weights, initialised like `FeedForward`'s
         self.w1 = nn.Parameter(torch.empty(n_experts, d_model, d_hidden))
         self.w2 = nn.Parameter(torch.empty(n_experts, d_ff, d_model))
@@ -220,6 +264,29 @@ class Experts(nn.Module):
         self.b2 = nn.Parameter(torch.zeros(n_experts, d_model)) if bias else None
         # Expert dropout
         self.dropout = nn.Dropout(dropout)
+
+    def supports_grouped(self, x: torch.Tensor) -> bool:
+        """Whether `forward_grouped` can run on `x` (see `grouped_mm_supported`)."""
+        return grouped_mm_supported(x, self.d_hidden, self.d_ff)
+
+    def forward_rows(self, x: torch.Tensor, rows: torch.Tensor, sizes: list[int],
+                     scale: torch.Tensor) -> torch.Tensor:
+        r"""
+        * `x`: `[n_tokens, d_model]`, the tokens in their own order
+        * `rows`: `[n_rows]`, the tokens to run: the first `sizes[0]` for expert 0,
+          the next `sizes[1]` for expert 1, and so on
+        * `sizes`: the number of rows of each expert, a list on the host
+        * `scale`: `[n_rows]`, the factor of each row's output (the gate)
+
+        Returns `[n_tokens, d_model]`: row `rows[k]` is `scale[k]` times its
+        expert's output, and the tokens not in `rows` are exactly zero.
+        """
+        # Under autocast the weights are cast with the input (autocast does not see inside a `Function`)
+        w1, w2 = self.w1.to(x.dtype), self.w2.to(x.dtype)
+        b1 = None if self.b1 is None else self.b1.to(x.dtype)
+        b2 = None if self.b2 is None else self.b2.to(x.dtype)
+        p = self.dropout.p if self.training else 0.0
+        return ExpertRows.apply(x, rows, scale.to(x.dtype), w1, b1, w2, b2, sizes, self.activation, p)
 
     def forward_grouped(self, x: torch.Tensor, *, group_ends: torch.Tensor,
                         row_expert: torch.Tensor) -> torch.Tensor:
@@ -265,3 +332,151 @@ class Experts(nn.Module):
         if self.b2 is not None:
             y = y + self.b2.to(x.dtype)[:, None, :]
         return y
+
+
+# The most elements of a hidden layer computed at once by `ExpertRows`: 4 MiB of
+# float32. Blocks this small are reused by the C allocator from one step to the
+# next; one block of 32 MiB or more is fresh memory from the kernel every time
+# (glibc maps it on its own), and touching it page by page can cost as much as
+# the arithmetic on a small CPU.
+CHUNK_ELEMENTS = 1 << 20
+
+
+class ExpertRows(torch.autograd.Function):
+    r"""
+    ## The experts on the CPU, block by block
+
+    On a GPU, reading how many tokens each expert got would stall the device
+    until the router has run, so the GPU paths use shapes fixed in advance
+    (`grouped_mm`, or padded buffers). On the CPU there is no device to stall:
+    the counts are in memory, and the best plan is the plain one. For each
+    expert $e$, take its block of rows, in blocks of at most `CHUNK_ELEMENTS`
+    hidden units, and compute
+
+    $$y_k = s_k \Big( W_2^{(e)\top} \mathrm{Dropout}\big(\mathrm{act}(W_1^{(e)\top} x_{r_k} + b_1^{(e)})\big) + b_2^{(e)} \Big),$$
+
+    written straight into row $r_k$ of the output. Only kept tokens are
+    computed; the rest of the output is exactly zero, so a dropped token is
+    zero even where an expert overflows in float16.
+
+    Written as one autograd `Function` so that backward keeps only what it
+    needs: the input $x$ (the caller's tensor, kept anyway), the gates, and
+    the hidden layer. For ReLU that is its output, whose sign is the
+    derivative; for other activations the pre-activation, from which backward
+    recomputes the rest. The gate's gradient needs the expert's unscaled
+    output $u_k$, but not as a tensor: with $g_k$ the output's gradient,
+
+    $$\frac{\partial L}{\partial s_k} = g_k \cdot u_k
+      = \big(W_2^{(e)} g_k\big) \cdot a_k + g_k \cdot b_2^{(e)},$$
+
+    and $W_2^{(e)} g_k$ is computed for $a_k$'s gradient anyway. The saved
+    activations are those of the dense FFN or fewer (dropped tokens have none).
+    """
+
+    @staticmethod
+    def forward(ctx, x, rows, scale, w1, b1, w2, b2, sizes, activation, p):
+        relu = activation == "relu"
+        out = x.new_zeros(x.shape[0], w2.shape[-1])
+        hidden, masks, blocks = [], [], []
+        for e, start, end in _blocks(sizes, w1.shape[-1]):
+            idx = rows[start:end]
+            xe = x.index_select(0, idx)
+            # $W_1^{(e)\top} x + b_1^{(e)}$: `[block, d_hidden]`
+            h = torch.mm(xe, w1[e]) if b1 is None else torch.addmm(b1[e], xe, w1[e])
+            # The activation: in place for ReLU, whose output is all backward needs;
+            # other activations keep their input $h$ for backward
+            a = h.relu_() if relu else activate(h, activation)
+            hidden.append(h)
+            # Expert dropout; for ReLU its output still tells the derivative (zero where either zeroed)
+            if p > 0:
+                mask = torch.empty_like(a).bernoulli_(1 - p)
+                a = a.mul_(mask).div_(1 - p)
+                if not relu:
+                    masks.append(mask.bool())
+            # $u = W_2^{(e)\top} a + b_2^{(e)}$, scaled by the gate and put in place
+            u = torch.mm(a, w2[e]) if b2 is None else torch.addmm(b2[e], a, w2[e])
+            out.index_copy_(0, idx, u.mul_(scale[start:end, None]))
+            blocks.append((e, start, end))
+        ctx.save_for_backward(x, rows, scale, w1, b1, w2, b2, *hidden, *masks)
+        ctx.blocks, ctx.activation, ctx.p, ctx.n_hidden = blocks, activation, p, len(hidden)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, rows, scale, w1, b1, w2, b2, *rest = ctx.saved_tensors
+        hidden, masks = rest[:ctx.n_hidden], rest[ctx.n_hidden:]
+        relu, p = ctx.activation == "relu", ctx.p
+        need_x, _, need_scale, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:7]
+        grad_x = torch.zeros_like(x) if need_x else None
+        grad_scale = torch.zeros_like(scale) if need_scale else None
+        # Weight gradients, written expert by expert; experts without rows get zeros
+        grad_w1, grad_w2 = torch.empty_like(w1), torch.empty_like(w2)
+        grad_b1 = torch.zeros_like(b1) if b1 is not None else None
+        grad_b2 = torch.zeros_like(b2) if b2 is not None else None
+        done = set()
+        grad_out = grad_out.contiguous()
+        for k, (e, start, end) in enumerate(ctx.blocks):
+            idx = rows[start:end]
+            g = grad_out.index_select(0, idx)
+            # $W_2^{(e)} g$: the gradient of the unscaled hidden output, `[block, d_ff]`
+            ga = torch.mm(g, w2[e].t())
+            if relu:
+                a = hidden[k]
+            else:
+                # Recompute the activation (and its dropout) from the pre-activation
+                with torch.enable_grad():
+                    h = hidden[k].detach().requires_grad_()
+                    a = activate(h, ctx.activation)
+                    if masks:
+                        a = a * masks[k] / (1 - p)
+            s = scale[start:end, None]
+            if need_scale:
+                grad_s = torch.linalg.vecdot(ga, a)
+                if b2 is not None:
+                    grad_s += g @ b2[e]
+                grad_scale[start:end] = grad_s
+            # Through the gate: the gradients of $u$ and of $a$
+            g.mul_(s)
+            ga.mul_(s)
+            first = e not in done
+            done.add(e)
+            _mm_into(grad_w2[e], a.detach().t(), g, first)
+            if b2 is not None:
+                grad_b2[e] += g.sum(0)
+            # Through the activation: `[block, d_hidden]`
+            if relu:
+                # ReLU's own backward kernel: `ga` where `a > 0`, else 0
+                gh = torch.ops.aten.threshold_backward(ga, a, 0)
+                if p > 0:
+                    gh.div_(1 - p)
+            else:
+                (gh,) = torch.autograd.grad(a, h, ga)
+            _mm_into(grad_w1[e], x.index_select(0, idx).t(), gh, first)
+            if b1 is not None:
+                grad_b1[e] += gh.sum(0)
+            if need_x:
+                grad_x.index_copy_(0, idx, torch.mm(gh, w1[e].t()))
+        for e in range(w1.shape[0]):
+            if e not in done:
+                grad_w1[e].zero_()
+                grad_w2[e].zero_()
+        return (grad_x, None, grad_scale, grad_w1 if need_w1 else None, grad_b1 if need_b1 else None,
+                grad_w2 if need_w2 else None, grad_b2 if need_b2 else None, None, None, None)
+
+
+def _blocks(sizes: list[int], d_hidden: int):
+    """`(expert, start, end)` of each block of rows: the experts' runs, cut to at most `CHUNK_ELEMENTS` hidden units."""
+    step = max(1, CHUNK_ELEMENTS // d_hidden)
+    start = 0
+    for e, n in enumerate(sizes):
+        for s in range(start, start + n, step):
+            yield e, s, min(s + step, start + n)
+        start += n
+
+
+def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
+    """`out = a @ b` for an expert's first block, `out += a @ b` for the next."""
+    if first:
+        torch.mm(a, b, out=out)
+    else:
+        out.addmm_(a, b)

@@ -33,6 +33,17 @@ fi
 
 # The literate site generator, a distribution of its own in this repository,
 # then the project itself, editable, with its extras; torch is already satisfied.
-pip install --quiet -e ./mkdocs-literate
-pip install --quiet -e ".[$extras]"
+# The torch just installed is pinned, so that no extra swaps it for another
+# build (labml-nn, in the `bench` extra, pulls torchvision, whose newest
+# release wants a newer torch: pip would fetch the CUDA build).
+pin="$(mktemp)"
+trap 'rm -f "$pin"' EXIT
+echo "torch==$(.venv/bin/python -c 'import torch; print(torch.__version__)')" > "$pin"
+pip install --quiet -e ./mkdocs-literate -c "$pin"
+pip install --quiet -e ".[$extras]" -c "$pin"
+# torchvision from PyPI is built for CUDA torch and fails to load beside the CPU
+# build; nothing here uses it, but transformers imports it when present.
+if [[ ",$extras," == *",bench,"* ]] && .venv/bin/python -c "import torch, sys; sys.exit(torch.version.cuda is not None)"; then
+  pip uninstall --quiet -y torchvision 2>/dev/null || true
+fi
 echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
