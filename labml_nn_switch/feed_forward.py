@@ -334,92 +334,107 @@ class Experts(nn.Module):
         return y
 
 
-# The most elements of a hidden layer computed at once by `ExpertRows`: 4 MiB of
-# float32. Blocks this small are reused by the C allocator from one step to the
-# next; one block of 32 MiB or more is fresh memory from the kernel every time
-# (glibc maps it on its own), and touching it page by page can cost as much as
-# the arithmetic on a small CPU.
-CHUNK_ELEMENTS = 1 << 20
+# The most elements of a hidden layer computed at once by `ExpertRows`: 16 MiB of
+# float32. Blocks under 32 MiB are reused by the C allocator from one step to
+# the next; a block of 32 MiB or more is fresh memory from the kernel every
+# time (glibc maps it on its own), and touching it page by page costs time.
+CHUNK_ELEMENTS = 1 << 22
 
 
 class ExpertRows(torch.autograd.Function):
     r"""
-    ## The experts on the CPU, block by block
+    ## The experts on the CPU
 
     On a GPU, reading how many tokens each expert got would stall the device
     until the router has run, so the GPU paths use shapes fixed in advance
-    (`grouped_mm`, or padded buffers). On the CPU there is no device to stall:
-    the counts are in memory, and the best plan is the plain one. For each
-    expert $e$, take its block of rows, in blocks of at most `CHUNK_ELEMENTS`
-    hidden units, and compute
+    (`grouped_mm`, or buffers of the full capacity). On the CPU there is no
+    device to stall: the counts are already in memory. We use them to size
+    per-expert buffers by the busiest expert's kept tokens, $m = \max_e n_e$
+    (at most the capacity, often well under it), and run each linear layer
+    of all experts as one batched `bmm` over `[n_experts, m, d]`:
 
-    $$y_k = s_k \Big( W_2^{(e)\top} \mathrm{Dropout}\big(\mathrm{act}(W_1^{(e)\top} x_{r_k} + b_1^{(e)})\big) + b_2^{(e)} \Big),$$
+    $$y_k = s_k \Big( W_2^{(e)\top} \mathrm{Dropout}\big(\mathrm{act}(W_1^{(e)\top} x_{r_k} + b_1^{(e)})\big) + b_2^{(e)} \Big)$$
 
-    written straight into row $r_k$ of the output. Only kept tokens are
-    computed; the rest of the output is exactly zero, so a dropped token is
-    zero even where an expert overflows in float16.
+    for the $k$-th kept row $r_k$, written straight into the output, whose
+    other rows (dropped tokens) stay exactly zero, even where an expert
+    overflows in float16. One `bmm` is one parallel region: a loop of small
+    per-expert matrix multiplications (what `grouped_mm` does on the CPU) pays
+    the threads' start and join once per expert, which on a busy machine can
+    cost more than the arithmetic. Experts are taken in groups whose hidden
+    layer stays under `CHUNK_ELEMENTS`.
 
     Written as one autograd `Function` so that backward keeps only what it
-    needs: the input $x$ (the caller's tensor, kept anyway), the gates, and
-    the hidden layer. For ReLU that is its output, whose sign is the
-    derivative; for other activations the pre-activation, from which backward
-    recomputes the rest. The gate's gradient needs the expert's unscaled
-    output $u_k$, but not as a tensor: with $g_k$ the output's gradient,
+    needs: the input $x$ (the caller's tensor, kept anyway), the gates, and the
+    hidden layer. For ReLU that is its output, whose sign is the derivative;
+    for other activations the pre-activation, from which backward recomputes
+    the rest. The padded input is gathered again rather than kept. The gate's
+    gradient needs the expert's unscaled output $u_k$, but not as a tensor:
+    with $g_k$ the output's gradient,
 
     $$\frac{\partial L}{\partial s_k} = g_k \cdot u_k
       = \big(W_2^{(e)} g_k\big) \cdot a_k + g_k \cdot b_2^{(e)},$$
 
-    and $W_2^{(e)} g_k$ is computed for $a_k$'s gradient anyway. The saved
-    activations are those of the dense FFN or fewer (dropped tokens have none).
+    and $W_2^{(e)} g_k$ is computed for $a_k$'s gradient anyway. So the saved
+    activations are about those of the dense FFN (dropped tokens have none).
     """
 
     @staticmethod
     def forward(ctx, x, rows, scale, w1, b1, w2, b2, sizes, activation, p):
-        relu = activation == "relu"
+        n_experts, d_model = w1.shape[0], x.shape[1]
+        # $m$, each expert's slots, and the slot of each kept row: `e * m + (its place in e's rows)`
+        m = max(sizes, default=0)
+        groups = _expert_groups(sizes, m * w1.shape[-1])
+        starts = [0]
+        for n in sizes:
+            starts.append(starts[-1] + n)
+        offsets = torch.tensor([e * m - starts[e] for e in range(n_experts)], device=x.device)
+        slots = torch.arange(len(rows), device=x.device) + offsets.repeat_interleave(
+            torch.tensor(sizes, device=x.device), output_size=len(rows))
         out = x.new_zeros(x.shape[0], w2.shape[-1])
-        hidden, masks, blocks = [], [], []
-        for e, start, end in _blocks(sizes, w1.shape[-1]):
-            idx = rows[start:end]
-            xe = x.index_select(0, idx)
-            # $W_1^{(e)\top} x + b_1^{(e)}$: `[block, d_hidden]`
-            h = torch.mm(xe, w1[e]) if b1 is None else torch.addmm(b1[e], xe, w1[e])
+        hidden, masks = [], []
+        for e0, e1 in groups:
+            r0, r1 = starts[e0], starts[e1]
+            # The group's tokens in their slots: `[e1 - e0, m, d_model]`, empty slots zero
+            xg = _padded(x, rows[r0:r1], slots[r0:r1] - e0 * m, (e1 - e0) * m).view(e1 - e0, m, d_model)
+            # $W_1^\top x + b_1$ for every expert of the group: `[e1 - e0, m, d_hidden]`
+            h = torch.bmm(xg, w1[e0:e1]) if b1 is None else torch.baddbmm(b1[e0:e1, None], xg, w1[e0:e1])
             # The activation: in place for ReLU, whose output is all backward needs;
             # other activations keep their input $h$ for backward
-            a = h.relu_() if relu else activate(h, activation)
+            a = h.relu_() if activation == "relu" else activate(h, activation)
             hidden.append(h)
             # Expert dropout; for ReLU its output still tells the derivative (zero where either zeroed)
             if p > 0:
                 mask = torch.empty_like(a).bernoulli_(1 - p)
                 a = a.mul_(mask).div_(1 - p)
-                if not relu:
+                if activation != "relu":
                     masks.append(mask.bool())
-            # $u = W_2^{(e)\top} a + b_2^{(e)}$, scaled by the gate and put in place
-            u = torch.mm(a, w2[e]) if b2 is None else torch.addmm(b2[e], a, w2[e])
-            out.index_copy_(0, idx, u.mul_(scale[start:end, None]))
-            blocks.append((e, start, end))
-        ctx.save_for_backward(x, rows, scale, w1, b1, w2, b2, *hidden, *masks)
-        ctx.blocks, ctx.activation, ctx.p, ctx.n_hidden = blocks, activation, p, len(hidden)
+            # $u = W_2^\top a + b_2$, then each kept row scaled by its gate into its token's row
+            u = torch.bmm(a, w2[e0:e1]) if b2 is None else torch.baddbmm(b2[e0:e1, None], a, w2[e0:e1])
+            y = u.view(-1, u.shape[-1]).index_select(0, slots[r0:r1] - e0 * m).mul_(scale[r0:r1, None])
+            out.index_copy_(0, rows[r0:r1], y)
+        ctx.save_for_backward(x, rows, slots, scale, w1, b1, w2, b2, *hidden, *masks)
+        ctx.groups, ctx.starts, ctx.m, ctx.activation, ctx.p = groups, starts, m, activation, p
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, rows, scale, w1, b1, w2, b2, *rest = ctx.saved_tensors
-        hidden, masks = rest[:ctx.n_hidden], rest[ctx.n_hidden:]
-        relu, p = ctx.activation == "relu", ctx.p
-        need_x, _, need_scale, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:7]
-        grad_x = torch.zeros_like(x) if need_x else None
-        grad_scale = torch.zeros_like(scale) if need_scale else None
-        # Weight gradients, written expert by expert; experts without rows get zeros
-        grad_w1, grad_w2 = torch.empty_like(w1), torch.empty_like(w2)
+        x, rows, slots, scale, w1, b1, w2, b2, *rest = ctx.saved_tensors
+        groups, starts, m, p = ctx.groups, ctx.starts, ctx.m, ctx.p
+        hidden, masks = rest[:len(groups)], rest[len(groups):]
+        relu = ctx.activation == "relu"
+        grad_x, grad_scale = torch.zeros_like(x), torch.zeros_like(scale)
+        # Experts in no group (no kept token, or all of them when nothing is kept) get zero gradients
+        grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
         grad_b1 = torch.zeros_like(b1) if b1 is not None else None
         grad_b2 = torch.zeros_like(b2) if b2 is not None else None
-        done = set()
         grad_out = grad_out.contiguous()
-        for k, (e, start, end) in enumerate(ctx.blocks):
-            idx = rows[start:end]
-            g = grad_out.index_select(0, idx)
-            # $W_2^{(e)} g$: the gradient of the unscaled hidden output, `[block, d_ff]`
-            ga = torch.mm(g, w2[e].t())
+        for k, (e0, e1) in enumerate(groups):
+            r0, r1 = starts[e0], starts[e1]
+            local = slots[r0:r1] - e0 * m
+            # The output's gradient in the slots, unscaled: `[e1 - e0, m, d_model]`
+            g = _padded(grad_out, rows[r0:r1], local, (e1 - e0) * m).view(e1 - e0, m, -1)
+            # $W_2 g$: `[e1 - e0, m, d_ff]`
+            ga = torch.bmm(g, w2[e0:e1].transpose(1, 2))
             if relu:
                 a = hidden[k]
             else:
@@ -429,21 +444,19 @@ class ExpertRows(torch.autograd.Function):
                     a = activate(h, ctx.activation)
                     if masks:
                         a = a * masks[k] / (1 - p)
-            s = scale[start:end, None]
-            if need_scale:
-                grad_s = torch.linalg.vecdot(ga, a)
-                if b2 is not None:
-                    grad_s += g @ b2[e]
-                grad_scale[start:end] = grad_s
-            # Through the gate: the gradients of $u$ and of $a$
+            # The gates' gradient, $g \cdot u$ for each kept row
+            grad_s = torch.linalg.vecdot(ga, a)
+            if b2 is not None:
+                grad_s += torch.linalg.vecdot(g, b2[e0:e1, None])
+            grad_scale[r0:r1] = grad_s.view(-1).index_select(0, local)
+            # Through the gate: the gradients of $u$ and of $a$ (empty slots have zero scale)
+            s = x.new_zeros((e1 - e0) * m).index_copy_(0, local, scale[r0:r1]).view(e1 - e0, m, 1)
             g.mul_(s)
             ga.mul_(s)
-            first = e not in done
-            done.add(e)
-            _mm_into(grad_w2[e], a.detach().t(), g, first)
+            torch.bmm(a.detach().transpose(1, 2), g, out=grad_w2[e0:e1])
             if b2 is not None:
-                grad_b2[e] += g.sum(0)
-            # Through the activation: `[block, d_hidden]`
+                grad_b2[e0:e1] = g.sum(1)
+            # Through the activation: `[e1 - e0, m, d_hidden]`
             if relu:
                 # ReLU's own backward kernel: `ga` where `a > 0`, else 0
                 gh = torch.ops.aten.threshold_backward(ga, a, 0)
@@ -451,32 +464,30 @@ class ExpertRows(torch.autograd.Function):
                     gh.div_(1 - p)
             else:
                 (gh,) = torch.autograd.grad(a, h, ga)
-            _mm_into(grad_w1[e], x.index_select(0, idx).t(), gh, first)
+            # The group's input again (cheaper than keeping it)
+            xg = _padded(x, rows[r0:r1], local, (e1 - e0) * m).view(e1 - e0, m, -1)
+            torch.bmm(xg.transpose(1, 2), gh, out=grad_w1[e0:e1])
             if b1 is not None:
-                grad_b1[e] += gh.sum(0)
-            if need_x:
-                grad_x.index_copy_(0, idx, torch.mm(gh, w1[e].t()))
-        for e in range(w1.shape[0]):
-            if e not in done:
-                grad_w1[e].zero_()
-                grad_w2[e].zero_()
-        return (grad_x, None, grad_scale, grad_w1 if need_w1 else None, grad_b1 if need_b1 else None,
-                grad_w2 if need_w2 else None, grad_b2 if need_b2 else None, None, None, None)
+                grad_b1[e0:e1] = gh.sum(1)
+            dx = torch.bmm(gh, w1[e0:e1].transpose(1, 2))
+            grad_x.index_copy_(0, rows[r0:r1], dx.view(-1, dx.shape[-1]).index_select(0, local))
+        need = ctx.needs_input_grad
+        return (grad_x if need[0] else None, None, grad_scale if need[2] else None, grad_w1 if need[3] else None,
+                grad_b1 if need[4] else None, grad_w2 if need[5] else None, grad_b2 if need[6] else None,
+                None, None, None)
 
 
-def _blocks(sizes: list[int], d_hidden: int):
-    """`(expert, start, end)` of each block of rows: the experts' runs, cut to at most `CHUNK_ELEMENTS` hidden units."""
-    step = max(1, CHUNK_ELEMENTS // d_hidden)
-    start = 0
-    for e, n in enumerate(sizes):
-        for s in range(start, start + n, step):
-            yield e, s, min(s + step, start + n)
-        start += n
+def _expert_groups(sizes: list[int], per_expert: int) -> list[tuple[int, int]]:
+    """
+    Consecutive experts `(first, end)` whose hidden layers of `per_expert` elements
+    together stay under `CHUNK_ELEMENTS`; none when no expert has a row.
+    """
+    if per_expert == 0:
+        return []
+    step = max(1, CHUNK_ELEMENTS // per_expert)
+    return [(e, min(e + step, len(sizes))) for e in range(0, len(sizes), step)]
 
 
-def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
-    """`out = a @ b` for an expert's first block, `out += a @ b` for the next."""
-    if first:
-        torch.mm(a, b, out=out)
-    else:
-        out.addmm_(a, b)
+def _padded(x: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, n_slots: int) -> torch.Tensor:
+    """`[n_slots, d]`: row `rows[k]` of `x` in slot `slots[k]`, zeros elsewhere."""
+    return x.new_zeros(n_slots, x.shape[1]).index_copy_(0, slots, x.index_select(0, rows))

@@ -495,10 +495,13 @@ def test_blocks_path_saves_about_what_the_dense_ffn_saves():
         return sum(seen.values())
 
     x = torch.randn(64, 4, 32, requires_grad=True)
-    ff = SwitchFeedForward(d_model=32, d_ff=64, n_experts=4, expert_dropout=0.0, capacity_factor=2.0)
-    dense = FeedForward(d_model=32, d_ff=64, dropout=0.0)
-    # The hidden layer as dense, plus the router's few `[n_tokens, n_experts]` tensors
-    assert saved_bytes(ff, x) <= 1.2 * saved_bytes(dense, x)
+    ff = SwitchFeedForward(d_model=32, d_ff=256, n_experts=4, expert_dropout=0.0, capacity_factor=1.25)
+    dense = FeedForward(d_model=32, d_ff=256, dropout=0.0)
+    _, result = ff(x)
+    # The hidden layer is kept in per-expert buffers of the busiest expert's kept tokens
+    padding = 4 * min(int(result.counts.max()), result.capacity) / 256
+    # ... plus the router's few `[n_tokens, n_experts]` tensors
+    assert saved_bytes(ff, x) <= 1.1 * padding * saved_bytes(dense, x)
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "swiglu"])
