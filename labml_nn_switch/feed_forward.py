@@ -28,8 +28,8 @@ This file holds two modules:
 * `FeedForward`: one FFN, the dense layer (and the FLOP-matched dense baseline);
 * `Experts`: $N$ FFNs whose weights are stacked into tensors with a leading
   expert dimension, so that all experts run in one batched (`bmm`) or grouped
-  (`grouped_mm`) matrix multiplication on a GPU, or expert by expert over
-  contiguous blocks of rows on the CPU (`ExpertRows`).
+  (`grouped_mm`) matrix multiplication on a GPU, and in per-expert buffers
+  sized by the busiest expert, one `bmm` per layer, on the CPU (`ExpertRows`).
 
 A note on cost: a plain FFN does $2 \cdot 2\, d_{model} d_{ff}$ FLOPs per token
 forward (two matrix multiplications, a multiply and an add each). A gated one
@@ -231,9 +231,9 @@ class Experts(nn.Module):
       (the layout of Mesh-TensorFlow and GShard); `torch.bmm` multiplies them,
       empty slots included. Works for every dtype and size.
     * `forward_rows`: the CPU path. The host already knows how many rows each
-      expert has, so each expert's block is an ordinary matrix multiplication,
-      the combine is folded in, and backward keeps only the hidden layer
-      (`ExpertRows`).
+      expert has, so the buffers are sized by the busiest expert's rows, only
+      kept tokens are computed, the combine is folded in, and backward keeps
+      only the hidden layer (`ExpertRows`).
     """
 
     def __init__(self, *, n_experts: int, d_model: int, d_ff: int, dropout: float = 0.1,
