@@ -51,7 +51,6 @@ copy both into your project.
 import dataclasses
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -178,21 +177,27 @@ class RoutingResult:
         # The expert capacity $C$ of this call; when dropless, $T$ (no expert can
         # receive more than all the tokens, so none is dropped)
         self.capacity = self.n_tokens if capacity is None else capacity
+        # The two losses, once computed
+        self._losses = {}
 
     @property
     def n_tokens(self) -> int:
         """$T$, the number of tokens routed."""
         return self.gate.shape[0]
 
-    @cached_property
+    @property
     def load_balancing_loss(self) -> torch.Tensor:
-        r"""$N \sum_i f_i P_i$ (see `load_balancing_loss`)."""
-        return load_balancing_loss(self.probs, self.counts)
+        r"""$N \sum_i f_i P_i$ (see `load_balancing_loss`), computed on first use."""
+        if "lb" not in self._losses:
+            self._losses["lb"] = load_balancing_loss(self.probs, self.counts)
+        return self._losses["lb"]
 
-    @cached_property
+    @property
     def z_loss(self) -> torch.Tensor:
-        r"""$\frac{1}{T}\sum_x \big(\log \sum_j e^{h_j(x)}\big)^2$ (see `router_z_loss`)."""
-        return router_z_loss(self.logits)
+        r"""$\frac{1}{T}\sum_x \big(\log \sum_j e^{h_j(x)}\big)^2$ (see `router_z_loss`), computed on first use."""
+        if "z" not in self._losses:
+            self._losses["z"] = router_z_loss(self.logits)
+        return self._losses["z"]
 
     @property
     def tokens_per_expert(self) -> torch.Tensor:
