@@ -361,7 +361,8 @@ class ExpertRows(torch.autograd.Function):
     per-expert matrix multiplications (what `grouped_mm` does on the CPU) pays
     the threads' start and join once per expert, which on a busy machine can
     cost more than the arithmetic. Experts are taken in groups whose hidden
-    layer stays under `CHUNK_ELEMENTS`.
+    layer stays under `CHUNK_ELEMENTS`; an expert too large for that alone is
+    taken in blocks of its own rows, with no padding.
 
     Written as one autograd `Function` so that backward keeps only what it
     needs: the input $x$ (the caller's tensor, kept anyway), the gates, and the
@@ -383,19 +384,19 @@ class ExpertRows(torch.autograd.Function):
         n_experts, d_model = w1.shape[0], x.shape[1]
         # $m$, each expert's slots, and the slot of each kept row: `e * m + (its place in e's rows)`
         m = max(sizes, default=0)
-        groups = _expert_groups(sizes, m * w1.shape[-1])
         starts = [0]
         for n in sizes:
             starts.append(starts[-1] + n)
+        groups = _expert_groups(sizes, starts, m, w1.shape[-1])
         offsets = torch.tensor([e * m - starts[e] for e in range(n_experts)], device=x.device)
         slots = torch.arange(len(rows), device=x.device) + offsets.repeat_interleave(
             torch.tensor(sizes, device=x.device), output_size=len(rows))
         out = x.new_zeros(x.shape[0], w2.shape[-1])
         hidden, masks = [], []
-        for e0, e1 in groups:
-            r0, r1 = starts[e0], starts[e1]
-            # The group's tokens in their slots: `[e1 - e0, m, d_model]`, empty slots zero
-            xg = _padded(x, rows[r0:r1], slots[r0:r1] - e0 * m, (e1 - e0) * m).view(e1 - e0, m, d_model)
+        for e0, e1, r0, r1, base, width in groups:
+            local = slots[r0:r1] - base
+            # The group's tokens in their slots: `[e1 - e0, width, d_model]`, empty slots zero
+            xg = _padded(x, rows[r0:r1], local, (e1 - e0) * width).view(e1 - e0, width, d_model)
             # $W_1^\top x + b_1$ for every expert of the group: `[e1 - e0, m, d_hidden]`
             h = torch.bmm(xg, w1[e0:e1]) if b1 is None else torch.baddbmm(b1[e0:e1, None], xg, w1[e0:e1])
             # The activation: in place for ReLU, whose output is all backward needs;
@@ -410,16 +411,16 @@ class ExpertRows(torch.autograd.Function):
                     masks.append(mask.bool())
             # $u = W_2^\top a + b_2$, then each kept row scaled by its gate into its token's row
             u = torch.bmm(a, w2[e0:e1]) if b2 is None else torch.baddbmm(b2[e0:e1, None], a, w2[e0:e1])
-            y = u.view(-1, u.shape[-1]).index_select(0, slots[r0:r1] - e0 * m).mul_(scale[r0:r1, None])
+            y = u.view(-1, u.shape[-1]).index_select(0, local).mul_(scale[r0:r1, None])
             out.index_copy_(0, rows[r0:r1], y)
         ctx.save_for_backward(x, rows, slots, scale, w1, b1, w2, b2, *hidden, *masks)
-        ctx.groups, ctx.starts, ctx.m, ctx.activation, ctx.p = groups, starts, m, activation, p
+        ctx.groups, ctx.m, ctx.activation, ctx.p = groups, m, activation, p
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, rows, slots, scale, w1, b1, w2, b2, *rest = ctx.saved_tensors
-        groups, starts, m, p = ctx.groups, ctx.starts, ctx.m, ctx.p
+        groups, m, p = ctx.groups, ctx.m, ctx.p
         hidden, masks = rest[:len(groups)], rest[len(groups):]
         relu = ctx.activation == "relu"
         grad_x, grad_scale = torch.zeros_like(x), torch.zeros_like(scale)
@@ -428,11 +429,12 @@ class ExpertRows(torch.autograd.Function):
         grad_b1 = torch.zeros_like(b1) if b1 is not None else None
         grad_b2 = torch.zeros_like(b2) if b2 is not None else None
         grad_out = grad_out.contiguous()
-        for k, (e0, e1) in enumerate(groups):
-            r0, r1 = starts[e0], starts[e1]
-            local = slots[r0:r1] - e0 * m
-            # The output's gradient in the slots, unscaled: `[e1 - e0, m, d_model]`
-            g = _padded(grad_out, rows[r0:r1], local, (e1 - e0) * m).view(e1 - e0, m, -1)
+        for k, (e0, e1, r0, r1, base, width) in enumerate(groups):
+            local = slots[r0:r1] - base
+            # The first block of these experts (from their slot 0) writes their weight gradients, later ones add
+            first = base % m == 0
+            # The output's gradient in the slots, unscaled: `[e1 - e0, width, d_model]`
+            g = _padded(grad_out, rows[r0:r1], local, (e1 - e0) * width).view(e1 - e0, width, -1)
             # $W_2 g$: `[e1 - e0, m, d_ff]`
             ga = torch.bmm(g, w2[e0:e1].transpose(1, 2))
             if relu:
@@ -450,12 +452,12 @@ class ExpertRows(torch.autograd.Function):
                 grad_s += torch.linalg.vecdot(g, b2[e0:e1, None])
             grad_scale[r0:r1] = grad_s.view(-1).index_select(0, local)
             # Through the gate: the gradients of $u$ and of $a$ (empty slots have zero scale)
-            s = x.new_zeros((e1 - e0) * m).index_copy_(0, local, scale[r0:r1]).view(e1 - e0, m, 1)
+            s = x.new_zeros((e1 - e0) * width).index_copy_(0, local, scale[r0:r1]).view(e1 - e0, width, 1)
             g.mul_(s)
             ga.mul_(s)
-            torch.bmm(a.detach().transpose(1, 2), g, out=grad_w2[e0:e1])
+            _bmm_into(grad_w2[e0:e1], a.detach().transpose(1, 2), g, first)
             if b2 is not None:
-                grad_b2[e0:e1] = g.sum(1)
+                grad_b2[e0:e1] += g.sum(1)
             # Through the activation: `[e1 - e0, m, d_hidden]`
             if relu:
                 # ReLU's own backward kernel: `ga` where `a > 0`, else 0
@@ -465,10 +467,10 @@ class ExpertRows(torch.autograd.Function):
             else:
                 (gh,) = torch.autograd.grad(a, h, ga)
             # The group's input again (cheaper than keeping it)
-            xg = _padded(x, rows[r0:r1], local, (e1 - e0) * m).view(e1 - e0, m, -1)
-            torch.bmm(xg.transpose(1, 2), gh, out=grad_w1[e0:e1])
+            xg = _padded(x, rows[r0:r1], local, (e1 - e0) * width).view(e1 - e0, width, -1)
+            _bmm_into(grad_w1[e0:e1], xg.transpose(1, 2), gh, first)
             if b1 is not None:
-                grad_b1[e0:e1] = gh.sum(1)
+                grad_b1[e0:e1] += gh.sum(1)
             dx = torch.bmm(gh, w1[e0:e1].transpose(1, 2))
             grad_x.index_copy_(0, rows[r0:r1], dx.view(-1, dx.shape[-1]).index_select(0, local))
         need = ctx.needs_input_grad
@@ -477,15 +479,30 @@ class ExpertRows(torch.autograd.Function):
                 None, None, None)
 
 
-def _expert_groups(sizes: list[int], per_expert: int) -> list[tuple[int, int]]:
+def _expert_groups(sizes: list[int], starts: list[int], m: int, d_hidden: int) -> list[tuple]:
     """
-    Consecutive experts `(first, end)` whose hidden layers of `per_expert` elements
-    together stay under `CHUNK_ELEMENTS`; none when no expert has a row.
+    The blocks of work, `(first expert, end expert, first row, end row, first slot, slots per expert)`:
+    consecutive experts with `m` slots each whose hidden layers together stay under
+    `CHUNK_ELEMENTS`, or, when one expert's `m` rows alone are more, blocks of that
+    expert's own rows. None when no expert has a row.
     """
-    if per_expert == 0:
+    if m == 0:
         return []
-    step = max(1, CHUNK_ELEMENTS // per_expert)
-    return [(e, min(e + step, len(sizes))) for e in range(0, len(sizes), step)]
+    if m * d_hidden <= CHUNK_ELEMENTS:
+        step = CHUNK_ELEMENTS // (m * d_hidden)
+        return [(e, min(e + step, len(sizes)), starts[e], starts[min(e + step, len(sizes))], e * m, m)
+                for e in range(0, len(sizes), step)]
+    step = max(1, CHUNK_ELEMENTS // d_hidden)
+    return [(e, e + 1, starts[e] + s, starts[e] + min(s + step, n), e * m + s, min(step, n - s))
+            for e, n in enumerate(sizes) for s in range(0, n, step)]
+
+
+def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
+    """`out = a @ b` for the first block of some experts, `out += a @ b` for the next."""
+    if first:
+        torch.bmm(a, b, out=out)
+    else:
+        out.baddbmm_(a, b)
 
 
 def _padded(x: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, n_slots: int) -> torch.Tensor:

@@ -556,3 +556,14 @@ print('ok', sorted(m for m in sys.modules if m.startswith('labml')))
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok []"
+
+
+@pytest.mark.parametrize("chunk", [40, 200, 10_000])
+def test_blocks_path_in_small_chunks_matches_reference(monkeypatch, chunk):
+    # Experts grouped under the chunk size, one expert per block, and one expert's
+    # rows cut into several blocks (its weight gradient summed over them)
+    from labml_nn_switch import feed_forward
+    monkeypatch.setattr(feed_forward, "CHUNK_ELEMENTS", chunk)
+    for options in (dict(n_experts=3), dict(n_experts=1, drop_tokens=False), dict(n_experts=4, activation="gelu")):
+        ff = make_layer(**options)
+        assert_matches_reference(ff, torch.randn(15, 2, 8, dtype=torch.float64), atol=1e-10)
