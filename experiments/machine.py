@@ -19,7 +19,6 @@ def device_name(device: torch.device) -> str:
 
 
 def machine_meta(device: torch.device) -> dict:
-    """Device, torch version, threads and whether PyTorch's CPU allocator uses huge pages."""
+    """Device, torch version, threads and cores."""
     return {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"}
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}

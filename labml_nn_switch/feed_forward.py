@@ -28,7 +28,13 @@ This file holds two modules:
 * `FeedForward`: one FFN, the dense layer (and the FLOP-matched dense baseline);
 * `Experts`: $N$ FFNs whose weights are stacked into tensors with a leading
   expert dimension, so that all experts run in one batched (`bmm`) or grouped
-  (`grouped_mm`) matrix multiplication instead of a Python loop.
+  (`grouped_mm`) matrix multiplication on a GPU, and in per-expert buffers
+  sized by the busiest expert, one `bmm` per layer, on the CPU (`ExpertRows`).
+
+A note on cost: a plain FFN does $2 \cdot 2\, d_{model} d_{ff}$ FLOPs per token
+forward (two matrix multiplications, a multiply and an add each). A gated one
+does $3 \cdot 2\, d_{model} d_{ff}$: $W_1$ has twice the outputs. To compare a
+gated FFN with a plain one at equal FLOPs, take $d_{ff}$ two thirds as large.
 
 It imports nothing but torch, so you can copy it into your own project.
 """
@@ -80,7 +86,8 @@ def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
 
 def truncated_normal_(weight: torch.Tensor, *, fan_in: int, scale: float) -> torch.Tensor:
     r"""
-    The Switch Transformer's initialisation (section 2.3 of the paper): draw from a
+    The Switch Transformer's initialisation (section 2.4 of the paper, "Smaller parameter initialization
+    for stability", Table 3): draw from a
     normal distribution with mean $0$ and standard deviation $\sigma = \sqrt{s / n}$,
     truncated at $\pm 2\sigma$, where $n$ is the number of input units (`fan_in`)
     and $s$ the `scale`. The paper lowers $s$ from the usual $1.0$ to $0.1$ and
@@ -156,6 +163,35 @@ def check_sizes(*, d_model: int, d_ff: int, dropout: float, activation: str, ini
     check_activation(activation)
 
 
+def grouped_mm_supported(x: torch.Tensor, *widths: int) -> bool:
+    r"""
+    Whether `torch.nn.functional.grouped_mm` (torch 2.8 and later) can multiply
+    `x`, `[n_rows, d]`, by stacked weights whose other sides are `widths`:
+
+    * on the CPU: float32, bfloat16 or float16; on a CUDA GPU: bfloat16 on
+      compute capability 9.0 or more (its kernel is written for Hopper);
+    * every row stride a multiple of 16 bytes: $d$ and every width times the
+      element size (float32: multiples of 4, bfloat16: of 8);
+    * at least one row (it rejects an empty input);
+    * not under `torch.compile` unless bfloat16 (its shape-checking stand-in
+      accepts only bfloat16, torch 2.13).
+
+    Where it returns `False` the caller takes the padded `bmm` path, which has
+    none of these limits.
+    """
+    if not hasattr(F, "grouped_mm") or x.dim() != 2 or x.shape[0] == 0:
+        return False
+    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
+        return False
+    if any(w * x.element_size() % 16 for w in (x.shape[1], *widths)):
+        return False
+    if x.device.type == "cpu":
+        return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    if x.device.type == "cuda":
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
+    return False
+
+
 class FeedForward(nn.Module):
     r"""
     ## One FFN
@@ -216,14 +252,19 @@ class Experts(nn.Module):
     * `w2`: `[n_experts, d_ff, d_model]`, `b2`: `[n_experts, d_model]`
 
     (stored as $x W$ rather than $W x$, the layout matrix multiplication wants).
-    Two ways to run them, both one kernel per linear layer for all experts:
+    Three ways to run them:
 
     * `forward_grouped`: tokens sorted by expert into one `[n_tokens, d_model]`
       tensor; `torch.nn.functional.grouped_mm` multiplies each contiguous group
-      of rows by its own expert's weight. No padding is computed.
+      of rows by its own expert's weight, one kernel per linear layer for all
+      experts. No padding is computed.
     * `forward_padded`: tokens in per-expert buffers `[n_experts, capacity, d_model]`
       (the layout of Mesh-TensorFlow and GShard); `torch.bmm` multiplies them,
-      empty slots included.
+      empty slots included. Works for every dtype and size.
+    * `forward_rows`: the CPU path. The host already knows how many rows each
+      expert has, so the buffers are sized by the busiest expert's rows, only
+      kept tokens are computed, the combine is folded in, and backward keeps
+      only the hidden layer (`ExpertRows`).
     """
 
     def __init__(self, *, n_experts: int, d_model: int, d_ff: int, dropout: float = 0.1,
@@ -234,7 +275,8 @@ class Experts(nn.Module):
         * `d_model`, `d_ff`, `activation`, `bias`, `init_scale`: as for `FeedForward`,
           the same for every expert
         * `dropout`: the *expert dropout*, on each expert's hidden layer. The paper
-          (section 3, "expert dropout") fine-tunes with 0.4 here and 0.1 elsewhere.
+          (section 2.4, "Regularizing large sparse models", Table 4) fine-tunes with 0.4
+          here and 0.1 elsewhere.
         * `shard`: `(first, last)` to hold only experts `first` to `last - 1` of the
           $N$ (an [expert-parallel](expert_parallel.py) rank's share), with the very
           weights the whole bank would give them; `None` holds all $N$
@@ -248,8 +290,10 @@ class Experts(nn.Module):
                              f"got shard={shard!r}")
         # The experts this module holds: $N$, or the shard's
         self.n_experts = last - first
+        self.d_ff = d_ff
         self.activation = activation
-        d_hidden = 2 * d_ff if is_gated(activation) else d_ff
+        # $W_1$'s outputs: twice $d_{ff}$ for a gated unit
+        self.d_hidden = d_hidden = 2 * d_ff if is_gated(activation) else d_ff
         # The stacked weights, initialised like `FeedForward`'s, one expert after the other
         self.w1 = nn.Parameter(torch.empty(self.n_experts, d_model, d_hidden))
         self.w2 = nn.Parameter(torch.empty(self.n_experts, d_ff, d_model))
@@ -260,6 +304,29 @@ class Experts(nn.Module):
         self.b2 = nn.Parameter(torch.zeros(self.n_experts, d_model)) if bias else None
         # Expert dropout
         self.dropout = nn.Dropout(dropout)
+
+    def supports_grouped(self, x: torch.Tensor) -> bool:
+        """Whether `forward_grouped` can run on `x` (see `grouped_mm_supported`)."""
+        return grouped_mm_supported(x, self.d_hidden, self.d_ff)
+
+    def forward_rows(self, x: torch.Tensor, rows: torch.Tensor, sizes: list[int],
+                     scale: torch.Tensor) -> torch.Tensor:
+        r"""
+        * `x`: `[n_tokens, d_model]`, the tokens in their own order
+        * `rows`: `[n_rows]`, the tokens to run: the first `sizes[0]` for expert 0,
+          the next `sizes[1]` for expert 1, and so on
+        * `sizes`: the number of rows of each expert, a list on the host
+        * `scale`: `[n_rows]`, the factor of each row's output (the gate)
+
+        Returns `[n_tokens, d_model]`: row `rows[k]` is `scale[k]` times its
+        expert's output, and the tokens not in `rows` are exactly zero.
+        """
+        # Under autocast the weights are cast with the input (autocast does not see inside a `Function`)
+        w1, w2 = self.w1.to(x.dtype), self.w2.to(x.dtype)
+        b1 = None if self.b1 is None else self.b1.to(x.dtype)
+        b2 = None if self.b2 is None else self.b2.to(x.dtype)
+        p = self.dropout.p if self.training else 0.0
+        return ExpertRows.apply(x, rows, scale.to(x.dtype), w1, b1, w2, b2, sizes, self.activation, p)
 
     def forward_grouped(self, x: torch.Tensor, *, group_ends: torch.Tensor,
                         row_expert: torch.Tensor) -> torch.Tensor:
@@ -305,3 +372,179 @@ class Experts(nn.Module):
         if self.b2 is not None:
             y = y + self.b2.to(x.dtype)[:, None, :]
         return y
+
+
+# The most elements of a hidden layer computed at once by `ExpertRows`: 16 MiB of
+# float32. Blocks under 32 MiB are reused by the C allocator from one step to
+# the next; a block of 32 MiB or more is fresh memory from the kernel every
+# time (glibc maps it on its own), and touching it page by page costs time.
+CHUNK_ELEMENTS = 1 << 22
+
+
+class ExpertRows(torch.autograd.Function):
+    r"""
+    ## The experts on the CPU
+
+    On a GPU, reading how many tokens each expert got would stall the device
+    until the router has run, so the GPU paths use shapes fixed in advance
+    (`grouped_mm`, or buffers of the full capacity). On the CPU there is no
+    device to stall: the counts are already in memory. We use them to size
+    per-expert buffers by the busiest expert's kept tokens, $m = \max_e n_e$
+    (at most the capacity, often well under it), and run each linear layer
+    of all experts as one batched `bmm` over `[n_experts, m, d]`:
+
+    $$y_k = s_k \Big( W_2^{(e)\top} \mathrm{Dropout}\big(\mathrm{act}(W_1^{(e)\top} x_{r_k} + b_1^{(e)})\big) + b_2^{(e)} \Big)$$
+
+    for the $k$-th kept row $r_k$, written straight into the output, whose
+    other rows (dropped tokens) stay exactly zero, even where an expert
+    overflows in float16. One `bmm` is one parallel region: a loop of small
+    per-expert matrix multiplications (what `grouped_mm` does on the CPU) pays
+    the threads' start and join once per expert, which on a busy machine can
+    cost more than the arithmetic. Experts are taken in groups whose hidden
+    layer stays under `CHUNK_ELEMENTS`; an expert too large for that alone is
+    taken in blocks of its own rows, with no padding.
+
+    Written as one autograd `Function` so that backward keeps only what it
+    needs: the input $x$ (the caller's tensor, kept anyway), the gates, and the
+    hidden layer. For ReLU that is its output, whose sign is the derivative;
+    for other activations the pre-activation, from which backward recomputes
+    the rest. The padded input is gathered again rather than kept. The gate's
+    gradient needs the expert's unscaled output $u_k$, but not as a tensor:
+    with $g_k$ the output's gradient,
+
+    $$\frac{\partial L}{\partial s_k} = g_k \cdot u_k
+      = \big(W_2^{(e)} g_k\big) \cdot a_k + g_k \cdot b_2^{(e)},$$
+
+    and $W_2^{(e)} g_k$ is computed for $a_k$'s gradient anyway. So the saved
+    activations are about those of the dense FFN (dropped tokens have none).
+    """
+
+    @staticmethod
+    def forward(ctx, x, rows, scale, w1, b1, w2, b2, sizes, activation, p):
+        n_experts, d_model = w1.shape[0], x.shape[1]
+        # $m$, each expert's slots, and the slot of each kept row: `e * m + (its place in e's rows)`
+        m = max(sizes, default=0)
+        starts = [0]
+        for n in sizes:
+            starts.append(starts[-1] + n)
+        groups = _expert_groups(sizes, starts, m, w1.shape[-1])
+        offsets = torch.tensor([e * m - starts[e] for e in range(n_experts)], device=x.device)
+        slots = torch.arange(len(rows), device=x.device) + offsets.repeat_interleave(
+            torch.tensor(sizes, device=x.device), output_size=len(rows))
+        out = x.new_zeros(x.shape[0], w2.shape[-1])
+        hidden, masks = [], []
+        for e0, e1, r0, r1, base, width in groups:
+            local = slots[r0:r1] - base
+            # The group's tokens in their slots: `[e1 - e0, width, d_model]`, empty slots zero
+            xg = _padded(x, rows[r0:r1], local, (e1 - e0) * width).view(e1 - e0, width, d_model)
+            # $W_1^\top x + b_1$ for every expert of the group: `[e1 - e0, m, d_hidden]`
+            h = torch.bmm(xg, w1[e0:e1]) if b1 is None else torch.baddbmm(b1[e0:e1, None], xg, w1[e0:e1])
+            # The activation: in place for ReLU, whose output is all backward needs;
+            # other activations keep their input $h$ for backward
+            a = h.relu_() if activation == "relu" else activate(h, activation)
+            hidden.append(h)
+            # Expert dropout; for ReLU its output still tells the derivative (zero where either zeroed)
+            if p > 0:
+                mask = torch.empty_like(a).bernoulli_(1 - p)
+                a = a.mul_(mask).div_(1 - p)
+                if activation != "relu":
+                    masks.append(mask.bool())
+            # $u = W_2^\top a + b_2$, then each kept row scaled by its gate into its token's row
+            u = torch.bmm(a, w2[e0:e1]) if b2 is None else torch.baddbmm(b2[e0:e1, None], a, w2[e0:e1])
+            y = u.view(-1, u.shape[-1]).index_select(0, local).mul_(scale[r0:r1, None])
+            out.index_copy_(0, rows[r0:r1], y)
+        ctx.save_for_backward(x, rows, slots, scale, w1, b1, w2, b2, *hidden, *masks)
+        ctx.groups, ctx.m, ctx.activation, ctx.p = groups, m, activation, p
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, rows, slots, scale, w1, b1, w2, b2, *rest = ctx.saved_tensors
+        groups, m, p = ctx.groups, ctx.m, ctx.p
+        hidden, masks = rest[:len(groups)], rest[len(groups):]
+        relu = ctx.activation == "relu"
+        grad_x, grad_scale = torch.zeros_like(x), torch.zeros_like(scale)
+        # Experts in no group (no kept token, or all of them when nothing is kept) get zero gradients
+        grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
+        grad_b1 = torch.zeros_like(b1) if b1 is not None else None
+        grad_b2 = torch.zeros_like(b2) if b2 is not None else None
+        grad_out = grad_out.contiguous()
+        for k, (e0, e1, r0, r1, base, width) in enumerate(groups):
+            local = slots[r0:r1] - base
+            # The first block of these experts (from their slot 0) writes their weight gradients, later ones add
+            first = base % m == 0
+            # The output's gradient in the slots, unscaled: `[e1 - e0, width, d_model]`
+            g = _padded(grad_out, rows[r0:r1], local, (e1 - e0) * width).view(e1 - e0, width, -1)
+            # $W_2 g$: `[e1 - e0, m, d_ff]`
+            ga = torch.bmm(g, w2[e0:e1].transpose(1, 2))
+            if relu:
+                a = hidden[k]
+            else:
+                # Recompute the activation (and its dropout) from the pre-activation
+                with torch.enable_grad():
+                    h = hidden[k].detach().requires_grad_()
+                    a = activate(h, ctx.activation)
+                    if masks:
+                        a = a * masks[k] / (1 - p)
+            # The gates' gradient, $g \cdot u$ for each kept row
+            grad_s = torch.linalg.vecdot(ga, a)
+            if b2 is not None:
+                grad_s += torch.linalg.vecdot(g, b2[e0:e1, None])
+            grad_scale[r0:r1] = grad_s.view(-1).index_select(0, local)
+            # Through the gate: the gradients of $u$ and of $a$ (empty slots have zero scale)
+            s = x.new_zeros((e1 - e0) * width).index_copy_(0, local, scale[r0:r1]).view(e1 - e0, width, 1)
+            g.mul_(s)
+            ga.mul_(s)
+            _bmm_into(grad_w2[e0:e1], a.detach().transpose(1, 2), g, first)
+            if b2 is not None:
+                grad_b2[e0:e1] += g.sum(1)
+            # Through the activation: `[e1 - e0, m, d_hidden]`
+            if relu:
+                # ReLU's own backward kernel: `ga` where `a > 0`, else 0
+                gh = torch.ops.aten.threshold_backward(ga, a, 0)
+                if p > 0:
+                    gh.div_(1 - p)
+            else:
+                (gh,) = torch.autograd.grad(a, h, ga)
+            # The group's input again (cheaper than keeping it)
+            xg = _padded(x, rows[r0:r1], local, (e1 - e0) * width).view(e1 - e0, width, -1)
+            _bmm_into(grad_w1[e0:e1], xg.transpose(1, 2), gh, first)
+            if b1 is not None:
+                grad_b1[e0:e1] += gh.sum(1)
+            dx = torch.bmm(gh, w1[e0:e1].transpose(1, 2))
+            grad_x.index_copy_(0, rows[r0:r1], dx.view(-1, dx.shape[-1]).index_select(0, local))
+        need = ctx.needs_input_grad
+        return (grad_x if need[0] else None, None, grad_scale if need[2] else None, grad_w1 if need[3] else None,
+                grad_b1 if need[4] else None, grad_w2 if need[5] else None, grad_b2 if need[6] else None,
+                None, None, None)
+
+
+def _expert_groups(sizes: list[int], starts: list[int], m: int, d_hidden: int) -> list[tuple]:
+    """
+    The blocks of work, `(first expert, end expert, first row, end row, first slot, slots per expert)`:
+    consecutive experts with `m` slots each whose hidden layers together stay under
+    `CHUNK_ELEMENTS`, or, when one expert's `m` rows alone are more, blocks of that
+    expert's own rows. None when no expert has a row.
+    """
+    if m == 0:
+        return []
+    if m * d_hidden <= CHUNK_ELEMENTS:
+        step = CHUNK_ELEMENTS // (m * d_hidden)
+        return [(e, min(e + step, len(sizes)), starts[e], starts[min(e + step, len(sizes))], e * m, m)
+                for e in range(0, len(sizes), step)]
+    step = max(1, CHUNK_ELEMENTS // d_hidden)
+    return [(e, e + 1, starts[e] + s, starts[e] + min(s + step, n), e * m + s, min(step, n - s))
+            for e, n in enumerate(sizes) for s in range(0, n, step)]
+
+
+def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
+    """`out = a @ b` for the first block of some experts, `out += a @ b` for the next."""
+    if first:
+        torch.bmm(a, b, out=out)
+    else:
+        out.baddbmm_(a, b)
+
+
+def _padded(x: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, n_slots: int) -> torch.Tensor:
+    """`[n_slots, d]`: row `rows[k]` of `x` in slot `slots[k]`, zeros elsewhere."""
+    return x.new_zeros(n_slots, x.shape[1]).index_copy_(0, slots, x.index_select(0, rows))

@@ -38,8 +38,11 @@ Four things make it work at scale, and each is a section below:
    beyond it are *dropped*: the layer outputs zero for them and they continue on
    the residual connection.
 3. **Load balancing**: an auxiliary loss pushes the router to spread tokens evenly.
-4. **Vectorised dispatch**: tokens are sorted by expert and all experts run in
-   one grouped matrix multiplication, not a Python loop.
+4. **Vectorised dispatch**: tokens are sorted by expert, so each expert's
+   tokens form one contiguous block; on a GPU all experts run in one grouped
+   matrix multiplication with no host synchronisation; on the CPU, where the
+   host reads the counts for free, in one batched multiplication over
+   per-expert buffers sized by the busiest expert.
 
 The file imports nothing but torch and [`feed_forward.py`](feed_forward.py):
 copy both into your project.
@@ -54,9 +57,9 @@ import torch.nn.functional as F
 from torch import nn
 
 try:
-    from .feed_forward import Experts, check_float, check_int, check_sizes, truncated_normal_
+    from .feed_forward import Experts, check_float, check_int, check_sizes, grouped_mm_supported, truncated_normal_
 except ImportError:  # copied into a project as two plain files, side by side
-    from feed_forward import Experts, check_float, check_int, check_sizes, truncated_normal_
+    from feed_forward import Experts, check_float, check_int, check_sizes, grouped_mm_supported, truncated_normal_
 
 
 @dataclass(frozen=True)
@@ -94,14 +97,15 @@ class SwitchConfig:
     scale_by_gate: bool = True
     # $\epsilon$ of the router's multiplicative input jitter, in $[0, 1)$ (0 turns it off)
     jitter_eps: float = 0.0
-    # Dropout on the experts' hidden layer (the paper's *expert dropout*, section 2.4:
-    # 0.4 inside the experts and 0.1 elsewhere when fine-tuning)
+    # Dropout on the experts' hidden layer (the paper's *expert dropout*, section 2.4,
+    # "Regularizing Large Sparse Models", and its Table 4: 0.4 inside the experts and
+    # 0.1 elsewhere when fine-tuning)
     expert_dropout: float = 0.1
     # The experts' activation: `relu`, `gelu`, `silu`, or a gated `reglu`, `geglu`, `swiglu`
     activation: str = "relu"
     # Whether the experts' linear layers have biases (off, as in the paper and T5)
     bias: bool = False
-    # $s$ of the truncated normal initialisation of router and experts (section 2.3: 0.1)
+    # $s$ of the truncated normal initialisation of router and experts (section 2.4: 0.1)
     init_scale: float = 0.1
 
     def __post_init__(self):
@@ -148,7 +152,6 @@ def switch_config(config: SwitchConfig | None, options: dict) -> SwitchConfig:
     return dataclasses.replace(config, **options) if options else config
 
 
-@dataclass
 class RoutingResult:
     r"""
     ## What a Switch layer reports besides its output
@@ -157,30 +160,73 @@ class RoutingResult:
     training loop decides how much of each to add (the paper uses
     $\alpha = 10^{-2}$ for the load-balancing loss; ST-MoE uses $10^{-3}$ for the
     z-loss). The statistics are detached from the graph.
+
+    Nothing here is computed until it is read: the layer hands over the
+    router's tensors it already has, and a loss or statistic nobody reads costs
+    nothing. Each is computed once, on first use.
     """
-    # $N \sum_i f_i P_i$: $1$ when routing is perfectly balanced, up to $N$ when it is not
-    load_balancing_loss: torch.Tensor
-    # $\frac{1}{T}\sum_x \big(\log \sum_j e^{h_j(x)}\big)^2$
-    z_loss: torch.Tensor
-    # `[n_experts]`: how many tokens the router sent to each expert, before dropping
-    tokens_per_expert: torch.Tensor
-    # `[n_experts]`: $P_i$, the mean router probability of each expert
-    mean_prob_per_expert: torch.Tensor
-    # Scalar: how many tokens were dropped for want of capacity
-    n_dropped: torch.Tensor
-    # `[n_tokens]`: $p_{i^*}(x)$, the router probability of each token's chosen expert
-    max_prob: torch.Tensor
-    # `[n_tokens]`: $i^*$, each token's chosen expert (in the tokens' order, as `max_prob`)
-    expert: torch.Tensor
-    # `[n_tokens]`: whether each token got a place in its expert (`False`: dropped)
-    kept: torch.Tensor
-    # The expert capacity $C$ used in this call
-    capacity: int
+
+    def __init__(self, *, logits: torch.Tensor, probs: torch.Tensor, gate: torch.Tensor, counts: torch.Tensor,
+                 capacity: int | None, expert: torch.Tensor, order: torch.Tensor, keep: torch.Tensor):
+        # `[n_tokens, n_experts]`: $h(x)$ and $p(x)$, float32
+        self.logits, self.probs = logits, probs
+        # `[n_tokens]`: $p_{i^*}(x)$
+        self.gate = gate
+        # `[n_experts]`: $T f_i$, tokens per expert before dropping
+        self.counts = counts
+        # `[n_tokens]`: $i^*$, each token's chosen expert, in the tokens' order
+        self.expert = expert.detach()
+        # The plan's sort (`order`) and, in sorted order, whether each token was kept
+        self._order, self._keep = order, keep
+        # The expert capacity $C$ of this call; when dropless, $T$ (no expert can
+        # receive more than all the tokens, so none is dropped)
+        self.capacity = self.n_tokens if capacity is None else capacity
+        # The two losses, once computed
+        self._losses = {}
 
     @property
     def n_tokens(self) -> int:
         """$T$, the number of tokens routed."""
-        return self.max_prob.shape[0]
+        return self.gate.shape[0]
+
+    @property
+    def load_balancing_loss(self) -> torch.Tensor:
+        r"""$N \sum_i f_i P_i$ (see `load_balancing_loss`), computed on first use."""
+        if "lb" not in self._losses:
+            self._losses["lb"] = load_balancing_loss(self.probs, self.counts)
+        return self._losses["lb"]
+
+    @property
+    def z_loss(self) -> torch.Tensor:
+        r"""$\frac{1}{T}\sum_x \big(\log \sum_j e^{h_j(x)}\big)^2$ (see `router_z_loss`), computed on first use."""
+        if "z" not in self._losses:
+            self._losses["z"] = router_z_loss(self.logits)
+        return self._losses["z"]
+
+    @property
+    def tokens_per_expert(self) -> torch.Tensor:
+        """`[n_experts]`: how many tokens the router sent to each expert, before dropping (float)."""
+        return self.counts.detach().float()
+
+    @property
+    def mean_prob_per_expert(self) -> torch.Tensor:
+        """`[n_experts]`: $P_i$, the mean router probability of each expert."""
+        return self.probs.detach().sum(dim=0) / max(self.n_tokens, 1)
+
+    @property
+    def n_dropped(self) -> torch.Tensor:
+        r"""Scalar: how many tokens were dropped for want of capacity, $\sum_i \max(T f_i - C, 0)$."""
+        return (self.counts - self.capacity).clamp(min=0).sum()
+
+    @property
+    def max_prob(self) -> torch.Tensor:
+        """`[n_tokens]`: $p_{i^*}(x)$, the router probability of each token's chosen expert."""
+        return self.gate.detach()
+
+    @property
+    def kept(self) -> torch.Tensor:
+        """`[n_tokens]`: whether each token got a place in its expert (`False`: dropped), in the tokens' order."""
+        return torch.empty_like(self._keep).index_copy_(0, self._order, self._keep)
 
     @property
     def route_fraction(self) -> torch.Tensor:
@@ -240,7 +286,8 @@ class DispatchPlan:
 
     The plan is a permutation that sorts the tokens by expert, and, in that
     sorted order, each token's expert, its place in that expert's queue and
-    whether it fits in the capacity. All tensors are `[n_tokens]`.
+    whether it fits in the capacity: these four are `[n_tokens]`. Two more,
+    `counts` and `ends`, are `[n_experts]`.
     """
     # `order[k]` is the token in sorted place $k$: experts in ascending order, and
     # within an expert its tokens in order of priority
@@ -286,13 +333,13 @@ def plan_dispatch(expert: torch.Tensor, gate: torch.Tensor, *, n_experts: int, c
     position is its place minus $\text{start}_e$.
     """
     n_tokens = expert.shape[0]
-    # The priority order of the tokens: `[n_tokens]`
+    # Stable sort by expert: tokens of an expert together, in priority order within
+    # it. Without prioritisation the priority order is the tokens' own order.
     if batch_prioritized:
         priority = torch.argsort(gate, descending=True, stable=True)
+        order = priority[torch.argsort(expert[priority], stable=True)]
     else:
-        priority = torch.arange(n_tokens, device=expert.device)
-    # Stable sort by expert: tokens of an expert together, in priority order within it
-    order = priority[torch.argsort(expert[priority], stable=True)]
+        order = torch.argsort(expert, stable=True)
     # The expert of each sorted place
     sorted_expert = expert[order]
     # $T f_i$: tokens per expert, counted **before** dropping. (A `scatter_add`
@@ -326,19 +373,28 @@ def load_balancing_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tens
 
     $$\mathcal{L}_{aux} = N \sum_{i=1}^{N} f_i \cdot P_i .$$
 
-    It is minimal, $1$, under uniform routing. $f_i$ is a count and carries no
-    gradient; $P_i$ does, and the product steers probability away from the
-    overloaded experts. $f_i$ counts every token the router chose, **before**
-    any is dropped: a dropped token still says its expert is wanted too much.
+    Uniform routing ($f_i = P_i = 1/N$) gives $1$. Where the router's
+    probabilities agree with its choices ($P = f$) the loss is
+    $N \sum_i f_i^2 \ge 1$ (Cauchy-Schwarz), with equality only when uniform:
+    that is the sense in which $1$ is the target. It is not a lower bound for
+    arbitrary probabilities: with $N = 2$ and three tokens, two choosing expert
+    1 with $p = (0.51, 0.49)$ and one choosing expert 2 with $p = (0, 1)$,
+    $f = (2/3, 1/3)$, $P = (0.34, 0.66)$ and the loss is $0.89$. It is at
+    most $N$ (all tokens to one expert, all its probability there).
+
+    $f_i$ is a count and carries no gradient; $P_i$ does, and the product
+    steers probability away from the overloaded experts. $f_i$ counts every
+    token the router chose, **before** any is dropped: a dropped token still
+    says its expert is wanted too much. With no tokens the loss is $0$.
 
     * `probs`: `[n_tokens, n_experts]`, $p_i(x)$
     * `counts`: `[n_experts]`, $T f_i$
     """
     n_tokens, n_experts = probs.shape
     # $f_i$
-    f = counts.to(probs.dtype) / n_tokens
+    f = counts.to(probs.dtype) / max(n_tokens, 1)
     # $P_i$
-    p = probs.mean(dim=0)
+    p = probs.sum(dim=0) / max(n_tokens, 1)
     # $N \sum_i f_i P_i$
     return n_experts * torch.sum(f * p)
 
@@ -353,27 +409,9 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
 
     $$\mathcal{L}_z = \frac{1}{T} \sum_{x} \Big(\log \sum_{j=1}^{N} e^{h_j(x)}\Big)^2 .$$
 
-    * `logits`: `[n_tokens, n_experts]`, $h(x)$
+    * `logits`: `[n_tokens, n_experts]`, $h(x)$ ($0$ when there are no tokens)
     """
-    return torch.logsumexp(logits, dim=-1).square().mean()
-
-
-def grouped_mm_supported(x: torch.Tensor) -> bool:
-    """
-    Whether `torch.nn.functional.grouped_mm` (torch 2.8 and later) can run the
-    experts on `x`: float32, bfloat16 or float16 on the CPU; bfloat16 on a
-    CUDA GPU of compute capability 9.0 or more. Elsewhere the padded path runs.
-    """
-    if not hasattr(F, "grouped_mm"):
-        return False
-    # Under `torch.compile` its shape-checking stand-in accepts only bfloat16 (torch 2.13)
-    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
-        return False
-    if x.device.type == "cpu":
-        return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
-    if x.device.type == "cuda":
-        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
-    return False
+    return torch.logsumexp(logits, dim=-1).square().sum() / max(logits.shape[0], 1)
 
 
 class SwitchFeedForward(nn.Module):
@@ -433,6 +471,9 @@ class SwitchFeedForward(nn.Module):
         capacity = self.capacity(n_tokens)
         plan = plan_dispatch(expert, gate, n_experts=self.config.n_experts, capacity=capacity,
                              batch_prioritized=self.config.batch_prioritized)
+        # The factor of each expert output: the gate $p_{i^*}(x)$, or
+        # $p / \mathrm{stopgrad}(p) = 1$, which keeps the router's gradient path: `[n_tokens]`
+        scale = gate if self.config.scale_by_gate else gate / gate.detach()
 
         # #### Run the experts
         #
@@ -440,61 +481,84 @@ class SwitchFeedForward(nn.Module):
         # not on autocast's list, so we cast by hand. The router stays float32.
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        # The expert outputs $E_{i^*}(x)$ in sorted order: `[n_tokens, d_model]`
-        y = self.run_experts(x, plan, capacity)
+        if self._experts_by_blocks(x):
+            out = self._run_blocks(x, plan, capacity, scale)
+        else:
+            out = self._combine(self.run_experts(x, plan, capacity), plan, scale)
 
-        # #### Combine
-        #
-        # The gate of each sorted token, $p_{i^*}(x)$, or $p / \mathrm{stopgrad}(p) = 1$: `[n_tokens]`
-        sorted_gate = gate.index_select(0, plan.order)
-        if not self.config.scale_by_gate:
-            sorted_gate = sorted_gate / sorted_gate.detach()
-        # The weight of each expert output: the gate for a kept token and **zero**
-        # for a dropped one, so that a dropped token leaves the layer through the
-        # residual connection alone, and no gradient reaches the expert from it.
-        # (`torch.where` on this vector, not on `y`, also keeps the gradient
-        # of a dropped token's gate at exactly zero.)
-        weight = torch.where(plan.keep, sorted_gate, 0.0).to(y.dtype)
-        # $p_{i^*}(x) E_{i^*}(x)$, in sorted order: `[n_tokens, d_model]`
-        y = y * weight[:, None]
+        # #### Losses and statistics, computed when read
+        result = RoutingResult(logits=logits, probs=probs, gate=gate, counts=plan.counts, capacity=capacity,
+                               expert=expert, order=plan.order, keep=plan.keep)
+        return out.reshape(shape[:-1] + (out.shape[-1],)), result
+
+    def _experts_by_blocks(self, x: torch.Tensor) -> bool:
+        """
+        Whether to take the CPU path, `_run_blocks`: on the CPU, outside
+        `torch.compile` (it reads the counts on the host, a graph break), and
+        unless a subclass replaces `run_experts` (the
+        [expert-parallel layer](expert_parallel.py) does).
+        """
+        return (x.device.type == "cpu" and not torch.compiler.is_compiling()
+                and type(self).run_experts is SwitchFeedForward.run_experts)
+
+    def _run_blocks(self, x: torch.Tensor, plan: DispatchPlan, capacity: int | None,
+                    scale: torch.Tensor) -> torch.Tensor:
+        r"""
+        ### The CPU path: expert by expert, combine included
+
+        The counts are already in host memory, so reading them costs nothing.
+        Expert $e$ keeps $\min(T f_e, C)$ tokens, the first of its run in the
+        sorted order; [`Experts.forward_rows`](feed_forward.py) runs all
+        experts on them in buffers sized by the busiest expert and writes
+        $p_{i^*}(x) E_{i^*}(x)$ straight into the token's row of the output.
+        Dropped tokens are not computed at all; their rows stay zero.
+        """
+        counts = plan.counts if capacity is None else plan.counts.clamp(max=capacity)
+        sizes = counts.tolist()
+        # The kept tokens, expert by expert (all of them when none is dropped)
+        rows = plan.order if sum(sizes) == x.shape[0] else plan.order[plan.keep]
+        return self.experts.forward_rows(x, rows, sizes, scale.index_select(0, rows))
+
+    def _combine(self, y: torch.Tensor, plan: DispatchPlan, scale: torch.Tensor) -> torch.Tensor:
+        r"""
+        ### Combine (the GPU paths)
+
+        * `y`: `[n_tokens, d_model]`, the expert outputs in sorted order
+        * `scale`: `[n_tokens]`, each token's factor, in token order
+
+        Multiply each expert output by its factor and put it back in its token's
+        row. A dropped token's row is set to **zero** first, so that it leaves the
+        layer through the residual connection alone, exactly zero even where its
+        expert overflowed in float16 (`inf` times a zero weight would be `NaN`),
+        and neither the expert nor the gate gets a gradient from it.
+        """
+        keep = plan.keep[:, None]
+        y = torch.where(keep, y, 0.0) * scale.index_select(0, plan.order).to(y.dtype)[:, None]
         # Undo the sort: the output of sorted place $k$ goes back to token `order[k]`
         # (in place into a new tensor: `order` covers every row, and the out-of-place
         # `index_copy` would first copy the empty tensor)
-        out = torch.empty_like(y).index_copy_(0, plan.order, y)
-
-        # #### Losses and statistics
-        result = RoutingResult(
-            load_balancing_loss=load_balancing_loss(probs, plan.counts),
-            z_loss=router_z_loss(logits),
-            tokens_per_expert=plan.counts.detach().float(),
-            mean_prob_per_expert=probs.detach().mean(dim=0),
-            n_dropped=(~plan.keep).sum(),
-            max_prob=gate.detach(),
-            expert=expert.detach(),
-            # `plan.keep` is in sorted order: put it back in the tokens' order
-            kept=torch.empty_like(plan.keep).index_copy_(0, plan.order, plan.keep),
-            capacity=n_tokens if capacity is None else capacity,
-        )
-        return out.reshape(shape[:-1] + (out.shape[-1],)), result
+        return torch.empty_like(y).index_copy_(0, plan.order, y)
 
     def run_experts(self, x: torch.Tensor, plan: DispatchPlan, capacity: int | None) -> torch.Tensor:
         """
-        ### Run the experts
+        ### Run the experts (the GPU paths)
 
         * `x`: `[n_tokens, d_model]`, the tokens in their original order
         * `plan`: the `DispatchPlan`; `capacity`: $C$, or `None` when dropless
 
         Returns each token's expert output in the plan's sorted order,
-        `[n_tokens, d_model]` (rows of dropped tokens: anything finite). The
-        [expert-parallel layer](expert_parallel.py) overrides this one method.
+        `[n_tokens, d_model]` (rows of dropped tokens: anything; `_combine`
+        zeroes them). The [expert-parallel layer](expert_parallel.py) overrides
+        this one method. `grouped_mm` where `Experts.supports_grouped` says it
+        can run, padded buffers elsewhere.
         """
-        if grouped_mm_supported(x):
+        if self.experts.supports_grouped(x):
             return self._run_grouped(x, plan)
         return self._run_padded(x, plan, capacity)
 
     def _run_grouped(self, x: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
         """
-        ### Grouped dispatch (the fast path)
+        ### Grouped dispatch (sync-free, the GPU's fast path)
 
         Gather the tokens in sorted order, `[n_tokens, d_model]`: the tokens of
         each expert form one contiguous block, and `grouped_mm` multiplies every
@@ -509,7 +573,7 @@ class SwitchFeedForward(nn.Module):
 
     def _run_padded(self, x: torch.Tensor, plan: DispatchPlan, capacity: int | None) -> torch.Tensor:
         r"""
-        ### Padded dispatch (where `grouped_mm` is missing: float64, older torch, other GPUs)
+        ### Padded dispatch (every dtype and size: float64, unaligned sizes, older torch, other GPUs)
 
         Copy each kept token into slot $e \cdot C + \text{position}$ of a buffer
         `[n_experts * capacity, d_model]`, run all experts with one `bmm` over
@@ -520,7 +584,7 @@ class SwitchFeedForward(nn.Module):
         """
         n_tokens, d_model = x.shape
         if capacity is None:
-            capacity = int(plan.counts.max())
+            capacity = int(plan.counts.max()) if n_tokens else 0
         # At least one slot per expert, so that the buffer is never empty
         slots = max(capacity, 1)
         # The slot of each sorted token; dropped ones point at a real slot but add zeros to it

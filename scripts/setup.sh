@@ -43,14 +43,19 @@ else
     || { echo "setup: PyTorch's CPU index unreachable, installing torch from PyPI"; pip install --quiet "torch>=2.4"; }
 fi
 
-# The generator, then the project itself, editable, with its extras; torch is
-# already satisfied.
-pip install --quiet -e ./mkdocs-literate
-pip install --quiet -e ".[$extras]"
+# The generator, then the project itself, editable, with its extras. The torch just
+# installed is pinned, so that no extra swaps it for another build.
+pin="$(mktemp)"
+trap 'rm -f "$pin"' EXIT
+echo "torch==$(.venv/bin/python -c 'import torch; print(torch.__version__)')" > "$pin"
+pip install --quiet -e ./mkdocs-literate -c "$pin"
+pip install --quiet -e ".[$extras]" -c "$pin"
 
-# The generator's corpus test reads labml_nn's modules as text: its `corpus`
-# extra is installed without dependencies (they are torch, torchvision and more).
-if [ "$extras" = dev ]; then
+# labml_nn's modules: the generator's corpus test reads them as text and the layer
+# benchmark runs its seed layer. Its `corpus` extra is installed without dependencies
+# (they are torchvision, built for another torch, and more; the seed layer needs
+# only torch and labml).
+if [[ ",$extras," == *",dev,"* || ",$extras," == *",bench,"* ]]; then
   corpus=$(.venv/bin/python -c 'import importlib.metadata as m, re
 print(" ".join(re.split(r"\s*;", r)[0] for r in m.requires("mkdocs-literate") or [] if "extra == \"corpus\"" in r))')
   pip install --quiet --no-deps $corpus

@@ -16,15 +16,22 @@ def run(script: str, *args: str) -> None:
 
 
 def test_bench_layer_writes_every_candidate_and_ratio(tmp_path):
+    # The anchors come from the `bench` extra; without it, ours against dense alone
+    import importlib.util
+    anchors = [name for name, module in (("seed", "labml_nn"), ("hf", "transformers"))
+               if importlib.util.find_spec(module) is not None]
     out = tmp_path / "layer.json"
-    run("bench_layer.py", "--sizes", "256,16,32,4", "--repeats", "2", "--warmup", "1", "--out", str(out))
+    run("bench_layer.py", "--sizes", "256,12,20,4", "--rounds", "2", "--warmup", "1", "--out", str(out),
+        "--candidates", "ours", "dense", *anchors)
     row = json.loads(out.read_text())["results"][0]
-    for mode in ("forward", "forward_backward"):
-        assert set(row[mode]) == {"switch", "dense", "loop"}
-        assert row[mode]["dense"]["ratio_to_dense"] == 1.0
-        assert all(r["ms"] > 0 for r in row[mode].values())
-    assert set(row["peak_memory_bytes"]) == {"switch", "dense", "loop"}
-    assert "| 256, 16, 32, 4 |" in out.with_suffix(".md").read_text()
+    assert set(row["candidates"]) == {"ours", "dense", *anchors}
+    dense = row["candidates"]["dense"]
+    assert dense["ratio_to_dense"] == 1.0 and dense["saved_ratio_to_dense"] == 1.0
+    assert all(c["ms"] > 0 and c["ratio_min"] <= c["ratio_to_dense"] <= c["ratio_max"]
+               for c in row["candidates"].values())
+    for anchor in anchors:
+        assert row["candidates"]["ours"][f"ratio_to_{anchor}"] > 0
+    assert "| 256, 12, 20, 4 |" in out.with_suffix(".md").read_text()
 
 
 def test_bench_train_writes_the_ratio(tmp_path):
