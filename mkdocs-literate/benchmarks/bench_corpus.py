@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import os
 import statistics
@@ -29,27 +28,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from literate_testing import check_module  # noqa: E402
+from literate_testing import CORPUS_CONFIG, check_module, corpus_root  # noqa: E402
 
-CONFIG = """\
-site_name: labml_nn corpus
-theme:
-  name: mkdocs
-plugins:
-  - literate:
-      sources:
-        - path: {path}
-markdown_extensions:
-  - pymdownx.arithmatex:
-      generic: true
-"""
 
 
 def corpus() -> Path:
-    spec = importlib.util.find_spec("labml_nn")
-    if spec is None or not spec.submodule_search_locations:
+    root = corpus_root()
+    if root is None:
         sys.exit("labml-nn is not installed: pip install --no-deps 'labml-nn==0.5.1'")
-    return Path(next(iter(spec.submodule_search_locations)))
+    return root
 
 
 def build_ours(package: Path, work: Path) -> Path:
@@ -58,7 +45,7 @@ def build_ours(package: Path, work: Path) -> Path:
     (work / "docs").mkdir(exist_ok=True)
     (work / "docs" / "index.md").write_text("# labml_nn\n")
     config_file = work / "mkdocs.yml"
-    config_file.write_text(CONFIG.format(path=package.as_posix()))
+    config_file.write_text(CORPUS_CONFIG.format(path=package.as_posix()))
     site = work / "site"
     config = load_config(str(config_file), site_dir=str(site))
     build(config)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import functools
 import html
+import importlib.util
 import io
 import os
 import re
@@ -410,3 +411,28 @@ def check_module(file: Path, page: Path) -> dict:
     return {"code_lines": len(numbers), "wrong": wrong, "twice": twice, "missing_code": missing_code,
             "missing_words": missing_words, "formulas": len(math), "broken": broken, "stray": stray,
             "unbalanced": unbalanced}
+
+
+# ## The corpus: labml_nn's modules, as their authors wrote them
+
+def corpus_root() -> Path | None:
+    """The installed `labml_nn` package directory, found without importing it."""
+    spec = importlib.util.find_spec("labml_nn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+# The site of the corpus: its package as the one source, the plainest theme
+CORPUS_CONFIG = """\
+site_name: labml_nn corpus
+theme:
+  name: mkdocs
+plugins:
+  - literate:
+      sources:
+        - path: {path}
+markdown_extensions:
+  - pymdownx.arithmatex:
+      generic: true
+"""

@@ -11,24 +11,15 @@ imports them. Without it the test is skipped, except in CI, where that fails.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from literate_testing import check_module, mkdocs_build
+from literate_testing import CORPUS_CONFIG, check_module, corpus_root, mkdocs_build
 
 pytestmark = pytest.mark.slow
-
-
-def corpus_root() -> Path | None:
-    """The installed `labml_nn` package directory, found without importing it."""
-    spec = importlib.util.find_spec("labml_nn")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def require_corpus() -> Path:
@@ -41,18 +32,6 @@ def require_corpus() -> Path:
     return root
 
 
-CONFIG = """\
-site_name: labml_nn corpus
-theme:
-  name: mkdocs
-plugins:
-  - literate:
-      sources:
-        - path: {path}
-markdown_extensions:
-  - pymdownx.arithmatex:
-      generic: true
-"""
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +42,7 @@ def corpus(tmp_path_factory):
     (root / "docs").mkdir()
     (root / "docs" / "index.md").write_text("# labml_nn\n")
     config = root / "mkdocs.yml"
-    config.write_text(CONFIG.format(path=package.as_posix()))
+    config.write_text(CORPUS_CONFIG.format(path=package.as_posix()))
     result = mkdocs_build(config, root / "site", strict=False)
     assert result.returncode == 0, result.stdout + result.stderr
     pages = {}
