@@ -21,8 +21,8 @@ import re
 
 import pytest
 
-from site_fixtures import (
-    ARTIFACTS, CHROMIUM_ARGS, MINI_CONFIG, mkdocs_build, require_chromium, serve, serve_real_site, write_project)
+from site_fixtures import ARTIFACTS, CHROMIUM_ARGS, require_chromium, serve, serve_real_site
+from literate_testing import MINI_CONFIG, mkdocs_build, write_project  # on the path that site_fixtures sets
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
