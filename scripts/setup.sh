@@ -36,9 +36,11 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
 else
   echo "setup: no GPU, installing the CPU build of torch"
   # 1) a CPU wheel on local disk (find-links), without touching any index;
-  # 2) PyTorch's CPU index.
+  # 2) PyTorch's CPU index;
+  # 3) where that index cannot be reached, PyPI's default build (larger, but it runs on a CPU).
   pip install --quiet --no-index --no-deps "torch>=2.4" 2>/dev/null \
-    || pip install --quiet --index-url https://download.pytorch.org/whl/cpu "torch>=2.4"
+    || pip install --quiet --index-url https://download.pytorch.org/whl/cpu "torch>=2.4" \
+    || { echo "setup: PyTorch's CPU index unreachable, installing torch from PyPI"; pip install --quiet "torch>=2.4"; }
 fi
 
 # The generator, then the project itself, editable, with its extras; torch is

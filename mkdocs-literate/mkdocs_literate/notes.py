@@ -1,4 +1,4 @@
-"""
+r"""
 ---
 title: "Notes: the conventions of literate authors"
 summary: >
