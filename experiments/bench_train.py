@@ -23,7 +23,8 @@ if "--no-thp" not in sys.argv:
 
 import torch  # noqa: E402
 
-from labml_nn_switch.experiment import SETTINGS, Configs, build_model, resolve, train_step  # noqa: E402
+from labml_nn_switch.configs import defaults, explicit_settings, switch_config  # noqa: E402
+from labml_nn_switch.experiment import build_model, train_step  # noqa: E402
 from machine import machine_meta  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"
@@ -33,8 +34,8 @@ N_VOCAB = 65  # Tiny Shakespeare's characters
 def build(kind: str, device: torch.device):
     """The experiment's model (its own `build_model`, the `labml` preset's settings) and Adam, constant rate."""
     torch.manual_seed(0)
-    settings = {**{k: getattr(Configs, k).value for k in SETTINGS}, **resolve({"preset": "labml", "model": kind})}
-    model = build_model(settings, n_vocab=N_VOCAB).to(device)
+    settings = {**defaults(), **explicit_settings({"preset": "labml", "model": kind})}
+    model = build_model(settings, switch=switch_config(settings), n_vocab=N_VOCAB).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     return model, optimizer, scheduler, settings

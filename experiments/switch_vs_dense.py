@@ -33,7 +33,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'tiny_shakespeare.txt'
 
 
 def run_one(spec: dict) -> dict:
@@ -42,11 +41,11 @@ def run_one(spec: dict) -> dict:
     """
     import torch
     torch.set_num_threads(spec.pop('threads'))
-    from labml_nn_switch import experiment as ex
+    from labml_nn_switch import cli
     from labml_nn_switch.checkpoint import load_checkpoint
 
     start = time.time()
-    result = ex.run_train({'preset': 'quick', **spec['overrides']}, labml_writers={'file'})
+    result = cli.run_train({'preset': 'quick', **spec['overrides']}, labml_writers={'file'})
     seconds = time.time() - start
     state = load_checkpoint(result.checkpoint)
     n_params = sum(v.numel() for v in state['model'].values())
@@ -259,7 +258,8 @@ def main():
     parser.add_argument('--eval-interval', type=int, default=100)
     parser.add_argument('--seeds', type=lambda s: [int(x) for x in s.split(',')], default=[0, 1, 2])
     parser.add_argument('--experts', type=lambda s: [int(x) for x in s.split(',')], default=[1, 2, 4, 8, 16])
-    parser.add_argument('--data', type=Path, default=DEFAULT_DATA)
+    parser.add_argument('--data', type=Path, default=None,
+                        help='the text (default: data/tiny_shakespeare.txt, downloaded there if missing)')
     parser.add_argument('--out', type=Path, default=REPO / 'experiments' / 'results')
     parser.add_argument('--jobs', type=int, default=1, help='runs at a time (each on one thread)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads per run')
@@ -274,6 +274,16 @@ def main():
     prefix = '' if args.name == 'switch_vs_dense' else f'{args.name}_'
 
     if not args.plot_only:
+        # The text, found (or downloaded) once, before the runs start
+        from labml import lab
+
+        from labml_nn_switch.cli import labml_root
+        from labml_nn_switch.data import DataError, find_text_file
+        labml_root()
+        try:
+            args.data = find_text_file(str(args.data or ''), data_dir=lab.get_data_path())
+        except DataError as e:
+            sys.exit(f'error: {e}')
         todo = specs(args)
         for spec in todo:
             spec['threads'] = args.threads

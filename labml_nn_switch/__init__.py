@@ -15,9 +15,12 @@ text of this site, and an experiment. Read the modules in this order:
 2. [The feed-forward network, the expert](feed_forward.py)
 3. [The Switch layer: routing, capacity, losses, dispatch](switch.py)
 4. [Transformer layers and the dense baseline](transformer.py)
-5. [The Tiny Shakespeare experiment](experiment.py), with its
-   [data](data.py) and [checkpoints](checkpoint.py)
-6. [Expert parallelism over several processes](distributed.py)
+5. [The Tiny Shakespeare experiment](experiment.py): its [settings](configs.py),
+   [training loop](trainer.py), [command line](cli.py), [data](data.py) and
+   [checkpoints](checkpoint.py)
+6. Over several processes: [the expert-parallel layer and its groups](expert_parallel.py),
+   [launching](process_group.py), [gradient synchronisation](gradient_sync.py),
+   [sharded checkpoints](sharded_checkpoint.py) and [the watchdog](watchdog.py)
 
 The public API is re-exported here:
 

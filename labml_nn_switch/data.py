@@ -13,27 +13,24 @@ The [experiment](experiment.py) trains a character-level language model on
 (about 1.1 MB of plain text). This module does three small jobs for it:
 
 1. **Find the text**: a path you give (`data=PATH` or `--data PATH`); else the file in
-   labml's data folder; else download it from the canonical URL into that folder,
-   verified by its sha256. Offline with no file, you get one clear error that says
-   where to put the file.
-2. **Turn characters into numbers**, with labml-helpers'
-   [`TextDataset`](https://github.com/labmlai/labml/tree/master/helpers) (it builds the
-   vocabulary and encodes text; that part works unchanged on labml 0.5.x).
+   labml's data folder; else download it from the canonical URL into that folder with
+   `torch.hub.download_url_to_file`, which writes to a temporary file, checks its
+   sha256 and only then moves it into place. Offline with no file, you get one clear
+   error that says where to put the file.
+2. **Turn characters into numbers**: the vocabulary is the sorted set of characters
+   of the text; a character's number is its place in that list.
 3. **Decide the order of training windows**, from a seed, in a way that can be saved
    and restored in a checkpoint: a resumed run sees exactly the batches the
    uninterrupted run would have seen.
 """
 
-import hashlib
-import os
-import tempfile
 import urllib.error
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
-from labml_helpers.datasets.text import TextDataset
+from torch.hub import download_url_to_file
 
 # Where Tiny Shakespeare is published (Andrej Karpathy's char-rnn), and the sha256 of that file.
 TINY_SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
@@ -49,55 +46,27 @@ class DataError(ValueError):
     """
 
 
-def sha256_of(path: Path) -> str:
+def download(url: str, path: Path, *, sha256: str) -> Path:
     """
-    The sha256 of a file, read in 1 MiB chunks.
-    """
-    # A running hash
-    h = hashlib.sha256()
-    # Feed it the file chunk by chunk
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    #
-    return h.hexdigest()
-
-
-def download(url: str, path: Path, *, sha256: str, timeout: float = 30.0) -> Path:
-    """
-    ## Download a file, verify it, then move it into place
+    ## Download a file and verify it
 
     * `url` is where to fetch the file from
     * `path` is where it should end up
     * `sha256` is the expected hash; a file that does not match is thrown away
-    * `timeout` is in seconds, so that being offline fails quickly
 
-    The file is written to a temporary name in the same folder and renamed only once it
-    is complete and verified, so an interrupted download never leaves a half file
-    behind at `path`.
+    `torch.hub.download_url_to_file` writes to a temporary name beside `path`, checks
+    the hash and renames the file only once it is complete and verified, so an
+    interrupted or wrong download never leaves a file at `path`.
     """
     # Make the folder
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A temporary file next to the destination (same file system, so the rename is atomic)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.', suffix='.part')
     try:
-        # Fetch into the temporary file
-        with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b''):
-                out.write(chunk)
-        # Check the hash before the file may be used
-        got = sha256_of(Path(tmp))
-        if got != sha256:
-            raise DataError(f'downloaded {url} but its sha256 is {got}, expected {sha256}; not using it')
-        # Move it into place in one step
-        os.replace(tmp, path)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        # Don't leave the partial file around
-        Path(tmp).unlink(missing_ok=True)
-        # A hash mismatch is already a clear message
-        if isinstance(e, DataError):
-            raise
-        # Anything else (no network, a 404, a refused connection) becomes one clear line
+        download_url_to_file(url, str(path), hash_prefix=sha256, progress=False)
+    except RuntimeError as e:
+        # The one `RuntimeError` it raises: the hash did not match
+        raise DataError(f'downloaded {url} but its sha256 is not {sha256} ({e}); not using it') from None
+    except (urllib.error.URLError, OSError) as e:
+        # No network, a 404, a refused connection: one clear line
         reason = getattr(e, 'reason', None) or e
         raise DataError(f'Tiny Shakespeare is not at {path} and could not be downloaded from {url} '
                         f'({reason}); download it there yourself, or pass data=PATH') from None
@@ -168,18 +137,39 @@ def split_text(text: str, *, valid_fraction: float = 0.1) -> tuple[str, str]:
     return text[:split], text[split:]
 
 
-def char_dataset(text: str) -> TextDataset:
+@dataclass
+class CharText:
     """
-    ## The character dataset
+    ## The text and its characters
 
-    labml-helpers' `TextDataset` builds the vocabulary of characters (`stoi`, `itos`,
-    `n_tokens`) from both splits and encodes text with `text_to_i`. The vocabulary is
-    the sorted set of characters in the text.
+    The two splits, and the vocabulary: `itos[i]` is the character numbered `i`, the
+    characters in sorted order. (labml-helpers' `TextDataset` does the same, but wants
+    a file path and a tokenizer for what is a sorted set and a dictionary.)
     """
-    # The two splits
+    # The training text (the first 90%) and the validation text (the rest)
+    train: str
+    valid: str
+    # The characters, sorted
+    itos: list[str]
+
+    @property
+    def n_tokens(self) -> int:
+        """The size of the vocabulary."""
+        return len(self.itos)
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Characters to numbers, `[len(text)]`."""
+        stoi = {c: i for i, c in enumerate(self.itos)}
+        return torch.tensor([stoi[c] for c in text], dtype=torch.long)
+
+
+def char_dataset(text: str) -> CharText:
+    """
+    The splits and the vocabulary of a text. The vocabulary is of the whole text, so
+    that every validation character has a number.
+    """
     train, valid = split_text(text)
-    # The tokenizer of a character model is `list`: `'It is'` becomes `['I', 't', ' ', 'i', 's']`
-    return TextDataset(Path('tiny_shakespeare.txt'), list, train, valid, '')
+    return CharText(train=train, valid=valid, itos=sorted(set(text)))
 
 
 class WindowSampler:

@@ -93,6 +93,37 @@ def truncated_normal_(weight: torch.Tensor, *, fan_in: int, scale: float) -> tor
         return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
 
 
+def draw_experts_(weight: torch.Tensor, *, first: int, n_experts: int, fan_in: int, scale: float) -> None:
+    r"""
+    Initialise `weight`, `[E, ...]`, as experts `first` to `first + E - 1` of a
+    bank of `n_experts`, with `truncated_normal_`.
+
+    Every expert of the bank is drawn, **one after the other**, and only this
+    module's are kept (the others are drawn into a one-expert scratch tensor
+    and forgotten). The random generator therefore moves exactly as it does
+    for the whole bank, and an [expert-parallel](expert_parallel.py) rank
+    holding $E$ of the $N$ experts gets, without ever storing the other
+    $N - E$, the weights the single-process layer built from the same seed
+    holds: expert by expert and everything drawn after it. (One draw over the
+    whole `[N, ...]` tensor would not do: `torch.nn.init.trunc_normal_` samples
+    by rejection, redrawing the whole tensor while any value lies outside
+    $\pm 2\sigma$, so what a slice gets depends on the size of the tensor it is
+    drawn in.) The price is the time of drawing all $N$ experts on every rank;
+    seeding one generator per expert would avoid it but tie the weights to a
+    seed scheme of their own.
+    """
+    # One expert's worth of numbers to throw away, made when first needed
+    scratch = None
+    for e in range(n_experts):
+        if first <= e < first + weight.shape[0]:
+            # One of ours: drawn in place
+            truncated_normal_(weight[e - first], fan_in=fan_in, scale=scale)
+        else:
+            # Someone else's: drawn and dropped, so the generator moves on as for the whole bank
+            scratch = torch.empty_like(weight[0]) if scratch is None else scratch
+            truncated_normal_(scratch, fan_in=fan_in, scale=scale)
+
+
 def check_int(name: str, value, *, minimum: int) -> None:
     r"""Raise a `ValueError` naming `name` unless `value` is an integer (not a bool) $\ge$ `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -196,28 +227,37 @@ class Experts(nn.Module):
     """
 
     def __init__(self, *, n_experts: int, d_model: int, d_ff: int, dropout: float = 0.1,
-                 activation: str = "relu", bias: bool = False, init_scale: float = 0.1):
+                 activation: str = "relu", bias: bool = False, init_scale: float = 0.1,
+                 shard: tuple[int, int] | None = None):
         """
         * `n_experts`: the number of experts $N$
         * `d_model`, `d_ff`, `activation`, `bias`, `init_scale`: as for `FeedForward`,
           the same for every expert
         * `dropout`: the *expert dropout*, on each expert's hidden layer. The paper
           (section 3, "expert dropout") fine-tunes with 0.4 here and 0.1 elsewhere.
+        * `shard`: `(first, last)` to hold only experts `first` to `last - 1` of the
+          $N$ (an [expert-parallel](expert_parallel.py) rank's share), with the very
+          weights the whole bank would give them; `None` holds all $N$
         """
         super().__init__()
         check_sizes(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation, init_scale=init_scale)
         check_int("n_experts", n_experts, minimum=1)
-        self.n_experts = n_experts
+        first, last = (0, n_experts) if shard is None else shard
+        if not (isinstance(first, int) and isinstance(last, int) and 0 <= first < last <= n_experts):
+            raise ValueError(f"shard must be (first, last) with 0 <= first < last <= n_experts={n_experts}, "
+                             f"got shard={shard!r}")
+        # The experts this module holds: $N$, or the shard's
+        self.n_experts = last - first
         self.activation = activation
         d_hidden = 2 * d_ff if is_gated(activation) else d_ff
-        # The stacked weights, initialised like `FeedForward`'s
-        self.w1 = nn.Parameter(torch.empty(n_experts, d_model, d_hidden))
-        self.w2 = nn.Parameter(torch.empty(n_experts, d_ff, d_model))
-        truncated_normal_(self.w1, fan_in=d_model, scale=init_scale)
-        truncated_normal_(self.w2, fan_in=d_ff, scale=init_scale)
+        # The stacked weights, initialised like `FeedForward`'s, one expert after the other
+        self.w1 = nn.Parameter(torch.empty(self.n_experts, d_model, d_hidden))
+        self.w2 = nn.Parameter(torch.empty(self.n_experts, d_ff, d_model))
+        draw_experts_(self.w1, first=first, n_experts=n_experts, fan_in=d_model, scale=init_scale)
+        draw_experts_(self.w2, first=first, n_experts=n_experts, fan_in=d_ff, scale=init_scale)
         # The biases, zero at first (or none)
-        self.b1 = nn.Parameter(torch.zeros(n_experts, d_hidden)) if bias else None
-        self.b2 = nn.Parameter(torch.zeros(n_experts, d_model)) if bias else None
+        self.b1 = nn.Parameter(torch.zeros(self.n_experts, d_hidden)) if bias else None
+        self.b2 = nn.Parameter(torch.zeros(self.n_experts, d_model)) if bias else None
         # Expert dropout
         self.dropout = nn.Dropout(dropout)
 

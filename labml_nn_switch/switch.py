@@ -66,7 +66,7 @@ class SwitchConfig:
 
     Every option of the layer, declared once, typed and checked when it is
     made (as nanoGPT's `GPTConfig`). The layer keeps it as `layer.config`; the
-    [expert-parallel layer](distributed.py), the
+    [expert-parallel layer](expert_parallel.py), the
     [model builder](transformer.py), the experiment's settings and its
     checkpoints all use this one class. It is frozen: a changed copy is
     `dataclasses.replace(config, capacity_factor=1.0)`.
@@ -479,7 +479,7 @@ class SwitchFeedForward(nn.Module):
 
         Returns each token's expert output in the plan's sorted order,
         `[n_tokens, d_model]` (rows of dropped tokens: anything finite). The
-        [expert-parallel layer](distributed.py) overrides this one method.
+        [expert-parallel layer](expert_parallel.py) overrides this one method.
         """
         if grouped_mm_supported(x):
             return self._run_grouped(x, plan)

@@ -33,6 +33,7 @@ of the same $d_{ff}$: same FLOPs, $N$ times fewer FFN parameters.
 `build_transformer(kind="dense", ...)` builds it from the same arguments.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -147,7 +148,8 @@ class SwitchTransformer(nn.Module):
 
 
 def build_transformer(config: SwitchConfig | None = None, /, *, kind: str = "switch", n_layers: int, n_heads: int,
-                      dropout: float = 0.1, **options) -> SwitchTransformer:
+                      dropout: float = 0.1, switch_layer: Callable[[SwitchConfig], nn.Module] = SwitchFeedForward,
+                      **options) -> SwitchTransformer:
     """
     ## Build a Switch Transformer or its dense baseline
 
@@ -158,6 +160,8 @@ def build_transformer(config: SwitchConfig | None = None, /, *, kind: str = "swi
       `init_scale` (its routing options are not used)
     * `n_layers`, `n_heads`: the number of layers and of attention heads
     * `dropout`: dropout of attention weights and sub-layer outputs; also of a dense FFN's hidden layer
+    * `switch_layer`: makes each Switch layer from the configuration: `SwitchFeedForward`,
+      or an [expert-parallel](expert_parallel.py) layer holding only this rank's experts
 
     Every layer is built anew, so each starts from its own random weights (a
     deep copy of one layer would start them all equal).
@@ -175,7 +179,7 @@ def build_transformer(config: SwitchConfig | None = None, /, *, kind: str = "swi
         if kind == "dense":
             return FeedForward(d_model=config.d_model, d_ff=config.d_ff, dropout=dropout,
                                activation=config.activation, bias=config.bias, init_scale=config.init_scale)
-        return SwitchFeedForward(config)
+        return switch_layer(config)
 
     layers = [SwitchTransformerLayer(d_model=config.d_model,
                                      attn=MultiHeadAttention(d_model=config.d_model, n_heads=n_heads, dropout=dropout),

@@ -149,3 +149,16 @@ def require_chromium() -> str:
             pytest.fail(f"browser tests must run in CI: {reason}")
         pytest.skip(reason)
     return executable
+
+
+@contextlib.contextmanager
+def chromium():
+    """Headless Chromium under Playwright (skipped without it, except in CI); yields the browser."""
+    executable = require_chromium()
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
@@ -31,3 +33,15 @@ def test_bench_train_writes_the_ratio(tmp_path):
     result = json.loads(out.read_text())
     assert result["switch_over_dense_tokens_per_s"] > 0
     assert "Switch / dense tokens/s" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_parallel_measures_every_layout(tmp_path):
+    out = tmp_path / "parallel.json"
+    run("bench_parallel.py", "--layouts", "1:1,2:2", "--steps", "2", "--warmup", "0", "--batch", "4",
+        "--seq-len", "8", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["world_size"], r["ep"]) for r in rows] == [(1, 1), (2, 2)]
+    # Half the experts on each of two processes
+    assert rows[1]["expert_mb"] == rows[0]["expert_mb"] / 2 and rows[1]["expert_mb_ratio"] == 0.5
+    assert all(r["step_ms"] > 0 for r in rows)

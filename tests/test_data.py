@@ -81,5 +81,6 @@ def test_char_dataset_vocabulary():
     text = 'abcabcxyz' * 20
     dataset = data.char_dataset(text)
     assert dataset.itos == sorted(set(text))
-    assert ''.join(dataset.itos[i] for i in dataset.text_to_i('cab')) == 'cab'
+    assert dataset.n_tokens == 6
+    assert ''.join(dataset.itos[i] for i in dataset.encode('cab')) == 'cab'
     assert len(dataset.train) == 162 and len(dataset.valid) == 18

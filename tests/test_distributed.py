@@ -1,19 +1,22 @@
 """
-Expert parallelism on CPU: gloo process groups of 2 and 4 spawned processes on loopback.
+Expert × data parallelism on CPU: gloo process groups of 2 and 4 spawned processes on loopback.
 
 A small pool of worker processes (one per rank) is started once per world size; each
 test sends it a function to run on every rank and collects what each rank returns. The
 checks run inside the workers against the single-process layer with the same weights.
 """
 
-import copy
+import functools
 import inspect
 import os
 import queue
 import re
+import signal
 import socket
+import time
 import traceback
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +24,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from labml_nn_switch import SwitchFeedForward, build_transformer
-from labml_nn_switch import distributed as D
+from labml_nn_switch import expert_parallel as EP
+from labml_nn_switch import gradient_sync as GS
+from labml_nn_switch import process_group as PG
+from labml_nn_switch import sharded_checkpoint as SC
+from labml_nn_switch import watchdog as WD
 from test_switch import make_layer
 
 # How long one task may take on a rank before the test fails (a bug must not hang the suite)
@@ -36,14 +43,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, tasks, results) -> None:
-    # What torchrun would set
+def _environ(rank: int, world_size: int, port: int) -> None:
+    """What torchrun would set."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     # Two shared cores: one thread per rank
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, world_size: int, port: int, tasks, results) -> None:
+    _environ(rank, world_size, port)
     try:
-        launch = D.init_from_env(backend="gloo", timeout=timedelta(seconds=TASK_TIMEOUT))
+        launch = PG.init_from_env(backend="gloo", timeout=timedelta(seconds=TASK_TIMEOUT))
         results.put((rank, True, (launch.rank, launch.world_size, launch.local_rank, str(launch.device))))
     except BaseException:
         results.put((rank, False, traceback.format_exc()))
@@ -57,7 +68,7 @@ def _worker(rank: int, world_size: int, port: int, tasks, results) -> None:
             results.put((rank, True, fn(*args)))
         except BaseException:
             results.put((rank, False, traceback.format_exc()))
-    D.shutdown()
+    PG.shutdown()
 
 
 class World:
@@ -77,16 +88,17 @@ class World:
                       for r in range(self.size)]
         for p in self.procs:
             p.start()
-        self.launch = self._collect("init_from_env")
+        # Starting W processes that each import torch takes a while on two shared cores
+        self.launch = self._collect("init_from_env", timeout=300)
 
-    def _collect(self, what: str) -> list:
+    def _collect(self, what: str, timeout: float = TASK_TIMEOUT + 30) -> list:
         out, errors = [None] * self.size, []
         for _ in range(self.size):
             try:
-                rank, ok, value = self.results.get(timeout=TASK_TIMEOUT + 30)
+                rank, ok, value = self.results.get(timeout=timeout)
             except queue.Empty:
                 self.close()
-                raise AssertionError(f"{what}: a rank did not answer within {TASK_TIMEOUT + 30} s") from None
+                raise AssertionError(f"{what}: a rank did not answer within {timeout} s") from None
             if ok:
                 out[rank] = value
             else:
@@ -110,19 +122,35 @@ class World:
                 q.put(None)
             except (ValueError, OSError):
                 pass
+        # A few seconds for all to leave, then the stragglers are killed
+        deadline = time.monotonic() + 5
         for p in self.procs:
-            p.join(timeout=5)
+            p.join(timeout=max(deadline - time.monotonic(), 0))
             if p.is_alive():
-                p.terminate()
+                p.kill()
                 p.join(timeout=5)
         self.procs = []
 
 
-@pytest.fixture(scope="module", params=[2, 4], ids=lambda n: f"world{n}")
-def world(request):
-    w = World(request.param)
-    yield w
-    w.close()
+_WORLDS: dict[int, World] = {}
+
+
+@pytest.fixture(scope="module")
+def worlds():
+    """`worlds(n)`: the pool of `n` ranks, started on first use and shared by the module's tests."""
+    def get(n: int) -> World:
+        if n not in _WORLDS:
+            _WORLDS[n] = World(n)
+        return _WORLDS[n]
+    yield get
+    for w in _WORLDS.values():
+        w.close()
+    _WORLDS.clear()
+
+
+# (world size W, expert-parallel degree E): expert parallelism, expert × data, pure data parallelism
+LAYOUTS = [(4, 4), (4, 2), (2, 1)]
+layouts = pytest.mark.parametrize("layout", LAYOUTS, ids=lambda wl: f"W{wl[0]}-E{wl[1]}")
 
 
 # ## Building blocks run on every rank
@@ -130,14 +158,13 @@ def world(request):
 D_MODEL = 8
 
 
-def _make_switch(*, n_experts: int, dtype: torch.dtype, seed: int = 0, **options) -> SwitchFeedForward:
-    """The single-process layer of test_switch.py, the same on every rank: biases, a sharp router (uneven loads)."""
-    return make_layer(n_experts=n_experts, dtype=dtype, seed=seed, d_model=D_MODEL, **options)
-
-
-def _shards(global_x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-    """Rank `r`'s part of the batch: `sizes[r]` sequences along dim 1."""
-    return list(global_x.split(sizes, dim=1))
+def _copy_into(ep: EP.ExpertParallelSwitchFeedForward, ff: SwitchFeedForward) -> None:
+    """Give the expert-parallel layer `ff`'s router and its slice of `ff`'s experts."""
+    first, last = ep.expert_slice
+    with torch.no_grad():
+        ep.router.weight.copy_(ff.router.weight)
+        for name, p in ep.experts.named_parameters():
+            p.copy_(getattr(ff.experts, name)[first:last])
 
 
 def _close(a, b, *, dtype, what: str):
@@ -145,19 +172,21 @@ def _close(a, b, *, dtype, what: str):
     torch.testing.assert_close(a, b, atol=tol, rtol=tol, msg=lambda m: f"{what}: {m}")
 
 
-def _layer_matches_single(case: dict) -> dict:
+def _layer_matches_single(ep_degree: int, case: dict) -> dict:
     """
     The expert-parallel layer on this rank's shard against the single-process layer on
     every shard with the same weights: outputs, routing results, gradients of inputs,
-    router and experts, and the gradients after `sync_gradients`.
+    router and experts (summed over the tokens of the expert group).
     """
     rank, world_size = dist.get_rank(), dist.get_world_size()
+    groups = EP.expert_parallel_groups(ep_degree)
     dtype = case["dtype"]
-    n_experts = case.get("experts_per_rank", 1) * world_size
+    n_experts = case.get("experts_per_rank", 1) * 4
     options = case.get("options", {})
-    ff = _make_switch(n_experts=n_experts, dtype=dtype, **options)
-    ep = D.ExpertParallelSwitchFeedForward.from_switch(ff)
-    assert ep.experts.w1.shape[0] == n_experts // world_size
+    ff = make_layer(n_experts=n_experts, dtype=dtype, d_model=D_MODEL, **options)
+    ep = EP.ExpertParallelSwitchFeedForward(ff.config, groups=groups).to(dtype)
+    _copy_into(ep, ff)
+    assert ep.experts.w1.shape[0] == n_experts // ep_degree
     if case.get("eval"):
         ff.eval(), ep.eval()
     # The same global batch and output gradients on every rank
@@ -172,23 +201,20 @@ def _layer_matches_single(case: dict) -> dict:
                 layer.router.weight.zero_()
                 layer.router.weight[0] = 1.0
     g_global = torch.randn_like(x_global)
-    xs, gs = _shards(x_global, sizes), _shards(g_global, sizes)
+    xs, gs = list(x_global.split(sizes, dim=1)), list(g_global.split(sizes, dim=1))
 
     def objective(out, result, g):
         return (out * g).sum() + 0.3 * result.load_balancing_loss + 0.1 * result.z_loss
 
-    # Count the calls of the grouped kernel
-    grouped_calls = []
-    forward_grouped = ep.experts.forward_grouped
-    ep.experts.forward_grouped = lambda *a, **k: grouped_calls.append(1) or forward_grouped(*a, **k)
     # Expert-parallel, this rank's shard
     x = xs[rank].clone().requires_grad_()
     out, result = ep(x)
     objective(out, result, gs[rank]).backward()
-    # Single process, every shard: the sum of the ranks' objectives
-    refs = [xr.clone().requires_grad_() for xr in xs]
-    ref_out = [ff(xr) for xr in refs]
-    sum(objective(o, res, g) for (o, res), g in zip(ref_out, gs)).backward()
+    # Single process, the shards of this rank's expert group: the sum of their objectives
+    members = dist.get_process_group_ranks(groups.expert_group)
+    refs = {r: xs[r].clone().requires_grad_() for r in members}
+    ref_out = {r: ff(refs[r]) for r in members}
+    sum(objective(*ref_out[r], gs[r]) for r in members).backward()
     want_out, want = ref_out[rank]
 
     # The output and the routing result are those of the single-process layer on this shard
@@ -197,26 +223,19 @@ def _layer_matches_single(case: dict) -> dict:
     _close(result.z_loss, want.z_loss, dtype=dtype, what="z-loss")
     assert torch.equal(result.tokens_per_expert, want.tokens_per_expert)
     assert int(result.n_dropped) == int(want.n_dropped) and result.capacity == want.capacity
-    # Gradients: the input, this rank's experts, and the router summed over ranks
+    # Gradients: the input, and this rank's experts summed over its expert group's tokens
     _close(x.grad, refs[rank].grad, dtype=dtype, what="input gradient")
     first, last = ep.expert_slice
     for name, p in ep.experts.named_parameters():
         _close(p.grad, getattr(ff.experts, name).grad[first:last], dtype=dtype, what=f"gradient of expert {name}")
-    router_sum = ep.router.weight.grad.clone()
-    dist.all_reduce(router_sum)
-    _close(router_sum, ff.router.weight.grad, dtype=dtype, what="router gradient, summed")
-    # After `sync_gradients`: the gradient of the mean of the ranks' objectives
-    D.sync_gradients(ep)
-    _close(ep.router.weight.grad, ff.router.weight.grad / world_size, dtype=dtype, what="synced router gradient")
-    _close(ep.experts.w1.grad, ff.experts.w1.grad[first:last] / world_size, dtype=dtype, what="synced expert gradient")
 
     # Without dropping, also the single-process layer on the whole global batch
     dropped = torch.tensor(int(result.n_dropped))
     dist.all_reduce(dropped)
     if int(dropped) == 0:
         whole, _ = ff(x_global)
-        _close(out, _shards(whole, sizes)[rank], dtype=dtype, what="output against the global batch")
-    return {"dropped": int(dropped), "grouped": bool(grouped_calls)}
+        _close(out, whole.split(sizes, dim=1)[rank], dtype=dtype, what="output against the global batch")
+    return {"dropped": int(dropped)}
 
 
 CASES = {
@@ -243,148 +262,288 @@ DROPS = {"f64-drops", "f64-drops-2-experts-per-rank", "f64-priority-drops", "f64
 NO_DROPS = {"f64-no-drops-large-capacity", "f64-dropless", "f32-dropless"}
 
 
+@layouts
 @pytest.mark.parametrize("name", list(CASES))
-def test_layer_matches_single_process(world, name):
-    results = world.run(_layer_matches_single, CASES[name])
-    dropped = results[0]["dropped"]
+def test_layer_matches_single_process(worlds, layout, name):
+    world_size, ep_degree = layout
+    results = worlds(world_size).run(_layer_matches_single, ep_degree, CASES[name])
     if name in DROPS:
-        assert dropped > 0, "the case is meant to drop tokens"
+        assert results[0]["dropped"] > 0, "the case is meant to drop tokens"
     if name in NO_DROPS:
-        assert dropped == 0
-    # float32 runs the local experts with grouped_mm (where torch has it), float64 never
-    grouped = [r["grouped"] for r in results]
-    if CASES[name]["dtype"] == torch.float64:
-        assert not any(grouped)
-    elif hasattr(torch.nn.functional, "grouped_mm"):
-        assert any(grouped)
+        assert results[0]["dropped"] == 0
 
 
-def _model_step_matches_single(seed: int) -> dict:
+def _build(groups, seed: int, *, dtype=torch.float64, n_experts: int = 4):
+    """A two-layer Switch Transformer from `seed`: single-process (`groups=None`) or expert-parallel."""
+    torch.manual_seed(seed)
+    layer = SwitchFeedForward if groups is None else functools.partial(EP.ExpertParallelSwitchFeedForward,
+                                                                        groups=groups)
+    model = build_transformer(n_layers=2, d_model=D_MODEL, n_heads=2, d_ff=16, n_experts=n_experts, dropout=0.0,
+                              expert_dropout=0.0, capacity_factor=1.0, bias=True, switch_layer=layer).to(dtype)
+    with torch.no_grad():
+        for block in model.layers:
+            # A sharp router: uneven loads, dropped tokens
+            block.feed_forward.router.weight.mul_(10)
+    return model
+
+
+def _loss_of(model, x):
+    out, routing = model(x)
+    return out.square().mean() + 0.01 * routing.load_balancing_loss
+
+
+def _model_steps_match_single(ep_degree: int) -> dict:
     """
-    Two optimiser steps of a two-layer Switch Transformer: expert-parallel on shards with
-    `sync_gradients` and `clip_grad_norm_`, against the single-process model on the mean of
-    the shard losses with torch's clipping. Then a checkpoint: gathered, restored into a
-    fresh model and optimiser, and a third step from each.
+    Built from the same seed, the expert-parallel model holds the single-process model's
+    weights (and leaves the same random state). Two optimiser steps through DDP with
+    `sync_expert_gradients` and `clip_grad_norm_` equal the single-process model's on the
+    mean of the shard losses; the copies of each expert stay bit-identical.
     """
     rank, world_size = dist.get_rank(), dist.get_world_size()
     dtype = torch.float64
-    torch.manual_seed(seed)
-    ref = build_transformer(n_layers=2, d_model=D_MODEL, n_heads=2, d_ff=16, n_experts=2 * world_size, dropout=0.0,
-                            expert_dropout=0.0, capacity_factor=1.0).to(dtype)
-    with torch.no_grad():
-        for layer in ref.layers:
-            layer.feed_forward.router.weight.mul_(10)
-    ep = D.expert_parallel(copy.deepcopy(ref))
-    assert len(D.expert_parallel_layers(ep)) == 2
-    assert all(isinstance(layer.feed_forward, D.ExpertParallelSwitchFeedForward) for layer in ep.layers)
+    groups = EP.expert_parallel_groups(ep_degree)
+    ref = _build(None, 0)
+    after_ref = torch.rand(3)
+    model = _build(groups, 0)
+    after_ep = torch.rand(3)
+    assert torch.equal(after_ref, after_ep), "building drew a different amount of random numbers"
+    # The same initial weights: replicated ones whole, experts by slice
+    experts = EP.expert_parameters(model)
+    for name, value in model.state_dict().items():
+        want = ref.state_dict()[name]
+        if name in experts:
+            first, last = experts[name][1].expert_slice
+            want = want[first:last]
+        assert torch.equal(value, want), f"initial {name}"
+    ddp = GS.data_parallel(model)
     ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
-    ep_opt = torch.optim.Adam(ep.parameters(), lr=1e-2)
-
-    def loss_of(model, x):
-        out, routing = model(x)
-        return out.square().mean() + 0.01 * routing.load_balancing_loss
-
-    def step(i):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    norms = []
+    for i in range(2):
         torch.manual_seed(100 + i)
-        xs = list(torch.randn(5, 2 * world_size, D_MODEL, dtype=dtype).chunk(world_size, dim=1))
+        x_global = torch.randn(5, 2 * world_size, D_MODEL, dtype=dtype)
         # Single process: the mean of the shard losses
         ref_opt.zero_grad()
-        (sum(loss_of(ref, x) for x in xs) / world_size).backward()
+        (sum(_loss_of(ref, x) for x in x_global.chunk(world_size, dim=1)) / world_size).backward()
         ref_norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)
         ref_opt.step()
-        # Expert-parallel: this rank's shard
-        ep_opt.zero_grad()
-        loss_of(ep, D.shard_batch(torch.cat(xs, dim=1))).backward()
-        D.sync_gradients(ep)
-        ep_norm = D.clip_grad_norm_(ep, 0.05)
-        ep_opt.step()
-        _close(ep_norm, ref_norm.to(ep_norm.dtype), dtype=dtype, what="gradient norm")
-        return float(ref_norm)
-
-    norms = [step(0), step(1)]
-    # The same parameters and optimiser state as the single-process run, in its layout
-    full = D.full_state_dict(ep)
-    assert full.keys() == ref.state_dict().keys()
-    for k, v in ref.state_dict().items():
-        _close(full[k], v, dtype=dtype, what=f"parameter {k} after two steps")
-    full_opt = D.full_optimizer_state_dict(ep, ep_opt)
-    ref_opt_state = ref_opt.state_dict()["state"]
-    for i, s in ref_opt_state.items():
-        for k, v in s.items():
-            _close(full_opt["state"][i][k], v, dtype=dtype, what=f"optimiser state {i}.{k}")
-
-    # A checkpoint through a file, restored into a fresh model (other initial weights)
-    rng = D.gather_objects(torch.get_rng_state())
-    assert len(rng) == world_size
-    path = D.broadcast_object(f"/tmp/ep-test-{os.getpid()}.pt" if D.is_main_process() else None)
-    if D.is_main_process():
-        torch.save({"model": full, "optimizer": full_opt}, path)
-    dist.barrier()
-    state = torch.load(path, weights_only=True)
-    dist.barrier()
-    if D.is_main_process():
-        os.unlink(path)
-    torch.manual_seed(seed + 7)
-    fresh = D.expert_parallel(build_transformer(n_layers=2, d_model=D_MODEL, n_heads=2, d_ff=16,
-                                                n_experts=2 * world_size, dropout=0.0, expert_dropout=0.0,
-                                                capacity_factor=1.0).to(dtype))
-    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-2)
-    D.load_full_state_dict(fresh, state["model"])
-    D.load_full_optimizer_state_dict(fresh, fresh_opt, state["optimizer"])
-    for (k, a), b in zip(ep.state_dict().items(), fresh.state_dict().values()):
-        assert torch.equal(a, b), k
-    # A third step from the original and from the restored: identical
-    torch.manual_seed(200)
-    x = D.shard_batch(torch.randn(5, 2 * world_size, D_MODEL, dtype=dtype))
-    for model, opt in ((ep, ep_opt), (fresh, fresh_opt)):
+        # Expert × data parallel: this rank's shard
         opt.zero_grad()
-        loss_of(model, x).backward()
-        D.sync_gradients(model)
-        D.clip_grad_norm_(model, 0.05)
+        _loss_of(ddp, PG.shard_batch(x_global)).backward()
+        GS.sync_expert_gradients(model)
+        norm = GS.clip_grad_norm_(model, 0.05)
+        _close(norm, ref_norm.to(norm.dtype), dtype=dtype, what="gradient norm")
+        for name, p in model.named_parameters():
+            want = dict(ref.named_parameters())[name].grad
+            if name in experts:
+                want = want[slice(*experts[name][1].expert_slice)]
+            _close(p.grad, want, dtype=dtype, what=f"gradient of {name}")
         opt.step()
-    for (k, a), b in zip(ep.state_dict().items(), fresh.state_dict().values()):
-        assert torch.equal(a, b), f"{k} differs after resuming"
-    # The gathered checkpoint also loads into an ordinary single-process model, which agrees
-    single = copy.deepcopy(ref)
-    single.load_state_dict(D.full_state_dict(ep))
-    ep.eval(), single.eval()
-    with torch.no_grad():
-        _close(ep(x)[0], single(x)[0], dtype=dtype, what="single-process model from the checkpoint")
+        norms.append(float(ref_norm))
+    # The copies of each expert, bit for bit: gathered over the replica group
+    for name, (p, layer) in experts.items():
+        copies = [torch.empty_like(p) for _ in range(groups.n_replicas)]
+        dist.all_gather(copies, p.detach(), group=groups.replica_group)
+        assert all(torch.equal(c, copies[0]) for c in copies), f"copies of {name} differ"
+    # And the replicated parameters on every rank
+    for name, p in model.named_parameters():
+        if name not in experts:
+            copies = [torch.empty_like(p) for _ in range(world_size)]
+            dist.all_gather(copies, p.detach())
+            assert all(torch.equal(c, copies[0]) for c in copies), f"replicas of {name} differ"
     return {"norms": norms}
 
 
-def test_training_steps_and_checkpoint_match_single_process(world):
-    results = world.run(_model_step_matches_single, 0)
+@layouts
+def test_training_steps_match_single_process(worlds, layout):
+    world_size, ep_degree = layout
+    results = worlds(world_size).run(_model_steps_match_single, ep_degree)
     # Clipping was active (norms above 0.05), and every rank saw the same norms
     assert all(r == results[0] for r in results)
     assert min(results[0]["norms"]) > 0.05
 
 
+# ## No full bank of experts on any rank
+
+def _allocations(ep_degree: int, n_experts: int) -> dict:
+    """
+    The bytes of expert parameters a rank holds, and the largest tensor made while
+    building the model (a full bank of experts would be the largest by far).
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (list, tuple)) else [out]:
+                if torch.is_tensor(t) and t.device.type != "meta":
+                    Largest.largest = max(Largest.largest, t.numel() * t.element_size())
+            return out
+
+    groups = EP.expert_parallel_groups(ep_degree)
+    with Largest():
+        torch.manual_seed(0)
+        model = build_transformer(n_layers=1, d_model=16, n_heads=2, d_ff=256, n_experts=n_experts,
+                                  switch_layer=functools.partial(EP.ExpertParallelSwitchFeedForward, groups=groups))
+    expert_bytes = sum(p.numel() * p.element_size() for p, _ in EP.expert_parameters(model).values())
+    return {"expert_bytes": expert_bytes, "largest": Largest.largest}
+
+
+def test_expert_memory_per_rank_scales_as_n_over_e(worlds):
+    n_experts = 8
+    # One expert: w1 [16, 256] and w2 [256, 16], float32
+    one_expert = 2 * 16 * 256 * 4
+    for ep_degree in (1, 2, 4):
+        results = worlds(4).run(_allocations, ep_degree, n_experts)
+        for r in results:
+            assert r["expert_bytes"] == n_experts // ep_degree * one_expert
+            # Nothing bigger than one rank's w1 was ever made: never the bank of all N
+            assert r["largest"] <= n_experts // ep_degree * one_expert // 2
+
+
+# ## Sharded checkpoints
+
+def _train_and_save(ep_degree: int, folder: str) -> dict:
+    """Two steps on (W, E), then a sharded checkpoint; returns the single-process-layout state for comparison."""
+    groups = EP.expert_parallel_groups(ep_degree)
+    model = _build(groups, 0)
+    ddp = GS.data_parallel(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for i in range(2):
+        torch.manual_seed(100 + i)
+        opt.zero_grad()
+        _loss_of(ddp, PG.shard_batch(torch.randn(5, 8, D_MODEL, dtype=torch.float64))).backward()
+        GS.sync_expert_gradients(model)
+        opt.step()
+    SC.save_sharded(Path(folder) / "step_2", model, opt, extra={"step": 2}, rank_extra={"rank": dist.get_rank()})
+    # For the comparisons: the whole model gathered here (a test's luxury)
+    return _gathered(model, opt)
+
+
+def _gathered(model, opt) -> dict:
+    """Every parameter and Adam moment of the model in the single-process layout, by name."""
+    experts = EP.expert_parameters(model)
+    out = {}
+    state = opt.state_dict()["state"]
+    for i, (name, p) in enumerate(model.named_parameters()):
+        tensors = {"param": p.detach(), **{k: v for k, v in state[i].items() if k != "step"}}
+        for k, t in tensors.items():
+            if name in experts:
+                group = experts[name][1].groups.expert_group
+                parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+                dist.all_gather(parts, t.contiguous(), group=group)
+                t = torch.cat(parts)
+            out[f"{name}.{k}"] = t.clone()
+        out[f"{name}.step"] = state[i]["step"].clone()
+    return out
+
+
+def _load_and_compare(ep_degree: int, folder: str, want: dict) -> dict:
+    """Load into a model of another seed on (W', E'): the same parameters and moments; one more step runs."""
+    groups = EP.expert_parallel_groups(ep_degree)
+    model = _build(groups, 5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    extra, rank_extra = SC.load_sharded(Path(folder) / "step_2", model, opt)
+    got = _gathered(model, opt)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    ddp = GS.data_parallel(model)
+    opt.zero_grad()
+    _loss_of(ddp, PG.shard_batch(torch.randn(5, 8, D_MODEL, dtype=torch.float64))).backward()
+    GS.sync_expert_gradients(model)
+    opt.step()
+    return {"extra": extra, "rank_extra": rank_extra}
+
+
+def _failing_save(folder: str) -> str:
+    """A save during which rank 1 fails while writing its file."""
+    from torch.distributed.checkpoint import FileSystemWriter
+    model = _build(EP.expert_parallel_groups(2), 0)
+    write_data = FileSystemWriter.write_data
+
+    def broken(self, plan, planner):
+        if dist.get_rank() == 1:
+            raise OSError("disk full (simulated)")
+        return write_data(self, plan, planner)
+
+    FileSystemWriter.write_data = broken
+    try:
+        SC.save_sharded(Path(folder) / "step_4", model)
+    except BaseException as e:  # every rank learns that the save failed (DCP raises a BaseException)
+        return type(e).__name__ + ": " + str(e)
+    finally:
+        FileSystemWriter.write_data = write_data
+    return "saved"
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_reshards(worlds, tmp_path):
+    """Saved on (W=4, E=2): loads bit for bit on (4, 2), (2, 2), (4, 4) and in one process; a crashed save leaves it whole."""
+    folder = str(tmp_path)
+    want = worlds(4).run(_train_and_save, 2, folder)[0]
+    # The same world: parameters, moments and the per-rank values back, bit for bit
+    same = worlds(4).run(_load_and_compare, 2, folder, want)
+    assert [r["rank_extra"] for r in same] == [{"rank": r} for r in range(4)]
+    assert all(r["extra"] == {"step": 2} for r in same)
+    # Another degree on as many ranks: the same tensors, and each rank's own values
+    other = worlds(4).run(_load_and_compare, 4, folder, want)
+    assert [r["rank_extra"] for r in other] == [{"rank": r} for r in range(4)]
+    # Fewer ranks: the same tensors; no per-rank values (there is no "same rank")
+    other = worlds(2).run(_load_and_compare, 2, folder, want)
+    assert all(r["extra"] == {"step": 2} and r["rank_extra"] is None for r in other)
+    # One process, no process group: the ordinary model and optimiser
+    model = _build(None, 5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    extra, rank_extra = SC.load_sharded(tmp_path / "step_2", model, opt)
+    assert extra == {"step": 2} and rank_extra is None
+    state = opt.state_dict()["state"]
+    for i, (name, p) in enumerate(model.named_parameters()):
+        assert torch.equal(p, want[f"{name}.param"]), name
+        assert torch.equal(state[i]["exp_avg"], want[f"{name}.exp_avg"]), name
+        assert torch.equal(state[i]["exp_avg_sq"], want[f"{name}.exp_avg_sq"]), name
+    # A save that fails midway: every rank hears of it, nothing under the checkpoint's name
+    messages = worlds(4).run(_failing_save, folder)
+    assert all("disk full (simulated)" in m for m in messages), messages
+    assert not (tmp_path / "step_4").exists() and (tmp_path / "step_4.partial").is_dir()
+    assert not SC.is_sharded_checkpoint(tmp_path / "step_4.partial")
+    # The previous checkpoint still loads, and a new save replaces the leftovers
+    worlds(4).run(_load_and_compare, 2, folder, want)
+    worlds(2).run(_save_again, folder)
+    assert SC.is_sharded_checkpoint(tmp_path / "step_4") and not (tmp_path / "step_4.partial").exists()
+
+
+def _save_again(folder: str) -> None:
+    SC.save_sharded(Path(folder) / "step_4", _build(EP.expert_parallel_groups(2), 0))
+
+
+# ## Errors before the first step
+
 def _errors() -> dict:
     """The errors a misconfiguration raises, as messages."""
     rank, world_size = dist.get_rank(), dist.get_world_size()
     messages = {}
-    # n_experts not divisible by the world size
+    for ep_degree in (3, 0):
+        try:
+            EP.expert_parallel_groups(ep_degree)
+        except ValueError as e:
+            messages[f"ep{ep_degree}"] = str(e)
+    # n_experts not divisible by the degree
     try:
-        D.ExpertParallelSwitchFeedForward(d_model=D_MODEL, d_ff=16, n_experts=world_size + 1)
+        EP.ExpertParallelSwitchFeedForward(d_model=D_MODEL, d_ff=16, n_experts=world_size + 1)
     except ValueError as e:
         messages["divisible"] = str(e)
     # Ranks disagreeing on the configuration
     try:
-        D.ExpertParallelSwitchFeedForward(d_model=D_MODEL, d_ff=16, n_experts=world_size,
-                                          capacity_factor=1.0 + rank)
+        EP.ExpertParallelSwitchFeedForward(d_model=D_MODEL, d_ff=16, n_experts=world_size,
+                                           capacity_factor=1.0 + rank)
     except ValueError as e:
         messages["disagree"] = str(e)
-    # Ranks holding different models
-    torch.manual_seed(0)
-    model = build_transformer(n_layers=1 + (rank == 1), d_model=D_MODEL, n_heads=2, d_ff=16, n_experts=world_size)
-    try:
-        D.expert_parallel(model)
-    except ValueError as e:
-        messages["layers"] = str(e)
     # A batch that does not split evenly
     try:
-        D.shard_batch(torch.zeros(3, world_size + 1))
+        PG.shard_batch(torch.zeros(3, world_size + 1))
     except ValueError as e:
         messages["shard"] = str(e)
     # The process group still works after all that
@@ -394,53 +553,115 @@ def _errors() -> dict:
     return messages
 
 
-def test_clear_errors(world):
-    n = world.size
-    for messages in world.run(_errors):
-        assert f"n_experts={n + 1} is not divisible by the world size {n}" in messages["divisible"]
+def test_clear_errors(worlds):
+    n = 4
+    for messages in worlds(n).run(_errors):
+        assert messages["ep3"].startswith("ep=3 must be a positive divisor of the number of processes (4)")
+        assert messages["ep0"].startswith("ep=0 must be")
+        assert f"n_experts={n + 1} is not divisible by the expert-parallel degree ep={n}" in messages["divisible"]
         assert "capacity_factor" in messages["disagree"] and "rank 1: 2.0" in messages["disagree"]
-        assert "layers.1.feed_forward" in messages["layers"] and "<missing>" in messages["layers"]
         assert f"a batch of {n + 1} along dim=1" in messages["shard"]
         assert messages["alive"] == n
 
 
 def _helpers() -> dict:
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    out = {"main": D.is_main_process(), "launch": D.init_from_env().rank}
-    # shard_batch: block `rank` of the batch dimension
+    out = {"main": PG.is_main_process(), "launch": PG.init_from_env().rank}
     batch = torch.arange(4 * 2 * world_size).view(4, 2 * world_size)
-    assert torch.equal(D.shard_batch(batch), batch[:, 2 * rank:2 * rank + 2])
-    assert torch.equal(D.shard_batch(batch.t(), dim=0), batch.t()[2 * rank:2 * rank + 2])
-    out["gathered"] = D.gather_objects({"rank": rank})
-    out["broadcast"] = D.broadcast_object(f"from {rank}")
-    out["mean"] = float(D.mean_over_ranks(torch.tensor(float(rank))))
-    out["sum"] = D.sum_over_ranks(torch.tensor([rank, 1])).tolist()
-    # AllToAll: rank r sends (s + r) % 3 rows to rank s, each row naming (sender, receiver, index)
-    send = [(s + rank) % 3 for s in range(world_size)]
-    recv = [(rank + s) % 3 for s in range(world_size)]
-    rows = torch.tensor([[rank, s, i] for s in range(world_size) for i in range(send[s])], dtype=torch.float64)
-    x = rows.clone().requires_grad_()
-    y = D.all_to_all(x, send_splits=send, recv_splits=recv)
-    expected = torch.tensor([[s, rank, i] for s in range(world_size) for i in range(recv[s])], dtype=torch.float64)
-    assert torch.equal(y.detach(), expected.view(-1, 3))
-    # The gradient goes back to the sender: d(sum y^2)/dx = 2x
-    y.square().sum().backward()
-    assert torch.equal(x.grad, 2 * rows)
+    assert torch.equal(PG.shard_batch(batch), batch[:, 2 * rank:2 * rank + 2])
+    assert torch.equal(PG.shard_batch(batch.t(), dim=0), batch.t()[2 * rank:2 * rank + 2])
+    out["gathered"] = PG.gather_objects({"rank": rank})
+    out["broadcast"] = PG.broadcast_object(f"from {rank}")
+    out["mean"] = float(PG.mean_over_ranks(torch.tensor(float(rank))))
+    out["sum"] = PG.sum_over_ranks(torch.tensor([rank, 1])).tolist()
+    # The groups of (W=4, E=2): expert groups {0, 1}, {2, 3}; replica groups {0, 2}, {1, 3}
+    groups = EP.expert_parallel_groups(2)
+    out["expert_group"] = dist.get_process_group_ranks(groups.expert_group)
+    out["replica_group"] = dist.get_process_group_ranks(groups.replica_group)
+    # The global load balance: every rank sends all its tokens to expert `rank`,
+    # each rank is as unbalanced as can be, the global batch is balanced
+    torch.manual_seed(0)
+    ff = SwitchFeedForward(d_model=D_MODEL, d_ff=16, n_experts=world_size)
+    with torch.no_grad():
+        ff.router.weight.zero_()
+        ff.router.weight[rank] = 1.0
+    _, result = ff(torch.ones(6, D_MODEL))
+    out["local_balance"] = float(result.load_balancing_loss)
+    out["global_balance"] = EP.global_load_balance([result]).tolist()
     return out
 
 
-def test_helpers(world):
-    n = world.size
+def test_helpers(worlds):
+    n = 4
+    world = worlds(n)
     # What init_from_env found in each worker
     assert world.launch == [(r, n, r, "cpu") for r in range(n)]
     results = world.run(_helpers)
     assert [r["main"] for r in results] == [True] + [False] * (n - 1)
     assert [r["launch"] for r in results] == list(range(n))
+    assert [r["expert_group"] for r in results] == [[0, 1], [0, 1], [2, 3], [2, 3]]
+    assert [r["replica_group"] for r in results] == [[0, 2], [1, 3], [0, 2], [1, 3]]
     for r in results:
         assert r["gathered"] == [{"rank": i} for i in range(n)]
         assert r["broadcast"] == "from 0"
         assert r["mean"] == pytest.approx((n - 1) / 2)
         assert r["sum"] == [n * (n - 1) // 2, n]
+        # Per rank: f = (1, 0, 0, 0) with P = f nearly, so N f·P is about N; globally uniform: 1
+        assert r["local_balance"] > 0.9 * n
+        assert r["global_balance"] == [pytest.approx(1.0, abs=0.1)]
+
+
+# ## A rank that freezes
+
+# The process-group timeout of the test: short, but long enough for two loaded cores to keep up
+FROZEN_TIMEOUT = 10
+
+
+def _frozen_rank(rank: int, world_size: int, port: int, results) -> None:
+    """Expert all-to-alls in a loop; rank 1 stops itself (SIGSTOP) at the third step."""
+    started = time.monotonic()
+    try:
+        _environ(rank, world_size, port)
+        PG.init_from_env(backend="gloo", timeout=timedelta(seconds=FROZEN_TIMEOUT))
+        layer = EP.ExpertParallelSwitchFeedForward(d_model=D_MODEL, d_ff=16, n_experts=world_size)
+        for step in range(100):
+            if rank == 1 and step == 3:
+                os.kill(os.getpid(), signal.SIGSTOP)
+            started = time.monotonic()
+            out, _ = layer(torch.randn(4, D_MODEL))
+            out.sum().backward()
+        results.put((rank, "finished", 0.0))
+    except WD.RankStopped as e:
+        results.put((rank, str(e), time.monotonic() - started))
+    except BaseException:
+        results.put((rank, traceback.format_exc(), -1.0))
+    # Stay (rank 0 holds the store the others read the heartbeats from) until the test kills us
+    time.sleep(300)
+
+
+@pytest.mark.slow
+def test_a_frozen_rank_ends_the_job_with_a_clear_message():
+    world_size = 3
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_frozen_rank, args=(r, world_size, port, results), daemon=True)
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    try:
+        # The two live ranks report; the frozen one never does
+        reports = [results.get(timeout=120) for _ in range(world_size - 1)]
+    finally:
+        for p in procs:
+            p.kill()
+            p.join(timeout=10)
+    for rank, message, waited in sorted(reports):
+        assert rank in (0, 2)
+        assert message.startswith(f"rank {rank}: the forward pass's expert all-to-all (expert group of ranks "
+                                  f"[0, 1, 2]) failed: rank(s) 1 stopped answering"), message
+        # The timeout, then the heartbeats read a few beats apart
+        assert FROZEN_TIMEOUT <= waited < FROZEN_TIMEOUT + 4 * WD.BEAT + 5, waited
 
 
 # ## In a single process (no process group)
@@ -456,40 +677,70 @@ def single_process(monkeypatch):
 
 def test_no_process_group_is_a_clear_error(single_process):
     with pytest.raises(RuntimeError, match="torch.distributed is not initialised"):
-        D.ExpertParallelSwitchFeedForward(d_model=D_MODEL, d_ff=16, n_experts=4)
+        EP.ExpertParallelSwitchFeedForward(d_model=D_MODEL, d_ff=16, n_experts=4)
     with pytest.raises(RuntimeError, match="init_from_env"):
-        D.expert_parallel(build_transformer(n_layers=1, d_model=D_MODEL, n_heads=2, d_ff=16, n_experts=4))
+        EP.expert_parallel_groups(2)
 
 
 def test_single_process_helpers_are_no_ops(single_process):
-    launch = D.init_from_env()
+    launch = PG.init_from_env()
     assert (launch.rank, launch.world_size, launch.distributed) == (0, 1, False)
     assert not dist.is_initialized()
-    assert D.is_main_process()
+    assert PG.is_main_process()
     batch = torch.randn(4, 6)
-    assert D.shard_batch(batch) is batch
-    assert D.gather_objects(3) == [3] and D.broadcast_object("x") == "x"
+    assert PG.shard_batch(batch) is batch
+    assert PG.gather_objects(3) == [3] and PG.broadcast_object("x") == "x"
     torch.manual_seed(0)
     model = build_transformer(n_layers=1, d_model=D_MODEL, n_heads=2, d_ff=16, n_experts=4, expert_dropout=0.0)
+    assert GS.data_parallel(model) is model
     out, routing = model(torch.randn(3, 2, D_MODEL))
     out.square().sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
-    D.sync_gradients(model)
+    GS.sync_expert_gradients(model)
     assert all(torch.equal(a, p.grad) for a, p in zip(grads, model.parameters()))
     # Clipping equals torch's on an ordinary model
-    norm = D.clip_grad_norm_(model, 0.1)
+    norm = GS.clip_grad_norm_(model, 0.1)
     torch.testing.assert_close(norm.float(), torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
-    torch.testing.assert_close(D.full_state_dict(model), model.state_dict())
+    # The global balance of one process is its own
+    assert EP.global_load_balance(routing.layers).tolist() == pytest.approx(
+        [float(r.load_balancing_loss.detach()) for r in routing.layers])
+
+
+def test_single_process_checkpoint_round_trip_and_crash(single_process, tmp_path, monkeypatch):
+    """One process: bit-identical round trip; a crash between writing and renaming leaves the previous one."""
+    model = _build(None, 0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    _loss_of(model, torch.randn(5, 2, D_MODEL, dtype=torch.float64)).backward()
+    opt.step()
+    SC.save_sharded(tmp_path / "step_1", model, opt, extra={"step": 1})
+    with pytest.raises(FileExistsError, match="step_1"):
+        SC.save_sharded(tmp_path / "step_1", model, opt)
+    # Killed just before the rename
+    monkeypatch.setattr(SC.os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        SC.save_sharded(tmp_path / "step_2", model, opt)
+    monkeypatch.undo()
+    assert not (tmp_path / "step_2").exists() and (tmp_path / "step_2.partial" / ".metadata").is_file()
+    with pytest.raises(FileNotFoundError, match="not a complete sharded checkpoint"):
+        SC.load_sharded(tmp_path / "step_2.partial", model)
+    fresh = _build(None, 3)
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-2)
+    assert SC.load_sharded(tmp_path / "step_1", fresh, fresh_opt) == ({"step": 1}, None)
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    for s, t in zip(opt.state_dict()["state"].values(), fresh_opt.state_dict()["state"].values()):
+        assert all(torch.equal(s[k], t[k]) for k in s)
+    assert SC.read_extra(tmp_path / "step_1") == ({"step": 1}, 1)
 
 
 def test_documented_arguments_exist():
     # The house rule of tests/test_model.py: every `* `name`:` bullet of __init__ names an argument, and all are named
     documented = set()
-    for line in (inspect.getdoc(D.ExpertParallelSwitchFeedForward.__init__) or "").splitlines():
+    for line in (inspect.getdoc(EP.ExpertParallelSwitchFeedForward.__init__) or "").splitlines():
         m = re.match(r"\* ((?:`\w+`(?:, )?)+)", line.strip())
         if m:
             documented.update(re.findall(r"`(\w+)`", m.group(1)))
-    params = set(inspect.signature(D.ExpertParallelSwitchFeedForward.__init__).parameters) - {"self"}
+    params = set(inspect.signature(EP.ExpertParallelSwitchFeedForward.__init__).parameters) - {"self"}
     assert documented == params
-    # It takes every option of the single-process layer, and a process group
-    assert params == set(inspect.signature(SwitchFeedForward.__init__).parameters) - {"self"} | {"group"}
+    # It takes every option of the single-process layer, and the groups
+    assert params == set(inspect.signature(SwitchFeedForward.__init__).parameters) - {"self"} | {"groups"}

@@ -6,6 +6,7 @@ temporary folder. One 2-process run of 10 steps is shared by the tests below.
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from labml_nn_switch import cli
 from labml_nn_switch import experiment as ex
-from labml_nn_switch.checkpoint import load_checkpoint
+from labml_nn_switch.checkpoint import find_checkpoint, load_checkpoint
+from labml_nn_switch.configs import ConfigError, explicit_settings
+from labml_nn_switch.sharded_checkpoint import load_sharded
+from labml_nn_switch.switch import SwitchConfig
 from shared_text import SHAKESPEARE, needs_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +48,7 @@ def torchrun(workdir: Path, *args: str, nproc: int = 2) -> subprocess.CompletedP
 
 def runs(workdir: Path) -> list[Path]:
     """The run folders labml made, oldest first."""
-    folder = workdir / 'logs' / ex.EXPERIMENT_NAME
+    folder = workdir / 'logs' / cli.EXPERIMENT_NAME
     return sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns) if folder.is_dir() else []
 
 
@@ -54,26 +59,32 @@ def first(tmp_path_factory):
     proc = torchrun(workdir, *SETTINGS, 'steps=10')
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = runs(workdir)
-    return workdir, run, load_checkpoint(run / 'checkpoints' / 'checkpoint.pt'), proc
+    return workdir, run, load_checkpoint(find_checkpoint(run)), proc
+
+
+def full_state(state: dict) -> tuple[dict, dict]:
+    """A sharded checkpoint read into an ordinary single-process model and Adam: their state dicts."""
+    model = ex.build_model(state['settings'], switch=SwitchConfig(**state['switch']), n_vocab=len(state['itos']))
+    optim = torch.optim.Adam(model.parameters())
+    load_sharded(state['sharded'], model, optim)
+    return model.state_dict(), optim.state_dict()
 
 
 @pytest.mark.slow
-def test_two_processes_train_and_rank_0_writes_one_checkpoint(first):
+def test_two_processes_train_and_write_one_sharded_checkpoint(first):
     workdir, run, state, proc = first
-    # One run folder, one checkpoint in it, no download
-    assert [p.name for p in (run / 'checkpoints').iterdir()] == ['checkpoint.pt']
+    # One run folder, one checkpoint in it: a folder with a file per process and the metadata; no download
+    (checkpoint,) = (run / 'checkpoints').iterdir()
+    assert checkpoint.name == 'step_00000010.dcp' and state['sharded'] == checkpoint
+    assert sorted(p.name for p in checkpoint.iterdir()) == ['.metadata', '__0_0.distcp', '__1_0.distcp']
     assert (run / 'log.jsonl').is_file() and not (workdir / 'data').exists()
     # Rank 0 alone printed the sample
     assert proc.stdout.count('--- sample ---') == 1
-    # The checkpoint: the step, the world size, a random state per rank (seeded differently)
     assert state['step'] == 10 and state['world_size'] == 2
-    assert len(state['rng_ranks']) == 2
-    assert not torch.equal(state['rng_ranks'][0]['torch'], state['rng_ranks'][1]['torch'])
-    # The single-process layout: all 4 experts of each layer, and their Adam moments
-    key = 'transformer.layers.0.feed_forward.experts.w1'
-    assert state['model'][key].shape == (4, 32, 64)
-    moments = [s['exp_avg'] for s in state['optimizer']['state'].values()]
-    assert (4, 32, 64) in [tuple(m.shape) for m in moments]
+    # Read in one process: all 4 experts of each layer, and their Adam moments
+    model, optim = full_state(state)
+    assert model['transformer.layers.0.feed_forward.experts.w1'].shape == (4, 32, 64)
+    assert (4, 32, 64) in [tuple(s['exp_avg'].shape) for s in optim['state'].values()]
     # Learning: evaluations every 5 steps, the validation loss falls from about log(65)
     history = state['history']
     assert [h['step'] for h in history] == [5, 10]
@@ -86,17 +97,19 @@ def test_two_processes_train_and_rank_0_writes_one_checkpoint(first):
 def test_resume_on_two_processes_continues_exactly(first):
     """10 steps, resume to 20 on 2 processes == 20 steps straight on 2 processes, bit for bit."""
     workdir, run, _, _ = first
-    resumed = torchrun(workdir, '--resume', str(run), 'steps=20')
+    resumed = torchrun(workdir, 'steps=20', '--resume', str(run))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     straight = torchrun(workdir, *SETTINGS, 'steps=20')
     assert straight.returncode == 0, straight.stderr[-3000:]
-    # The first run, the resumed one, the straight one
-    assert len(runs(workdir)) == 3
-    a, b = (load_checkpoint(r / 'checkpoints' / 'checkpoint.pt') for r in runs(workdir)[1:])
+    # The first run, resumed in place (the same labml run), and the straight one
+    first_run, straight_run = runs(workdir)
+    assert first_run == run
+    a, b = (load_checkpoint(find_checkpoint(r)) for r in (first_run, straight_run))
     assert a['step'] == b['step'] == 20
-    for name, value in b['model'].items():
-        assert torch.equal(value, a['model'][name]), name
-    for s, t in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+    (model_a, optim_a), (model_b, optim_b) = full_state(a), full_state(b)
+    for name, value in model_b.items():
+        assert torch.equal(value, model_a[name]), name
+    for s, t in zip(optim_a['state'].values(), optim_b['state'].values()):
         assert torch.equal(s['exp_avg'], t['exp_avg']) and torch.equal(s['exp_avg_sq'], t['exp_avg_sq'])
     assert a['sampler'] == b['sampler'] and a['history'] == b['history']
     # The loss kept falling after the resume
@@ -106,24 +119,37 @@ def test_resume_on_two_processes_continues_exactly(first):
 
 @pytest.mark.slow
 def test_two_process_checkpoint_samples_in_one_process(first, monkeypatch):
-    workdir, run, state, _ = first
+    workdir, run, _, _ = first
     monkeypatch.chdir(workdir)
-    # An ordinary model takes the gathered weights as they are
-    model = ex.build_model(state['config'], n_vocab=len(state['itos']))
-    model.load_state_dict(state['model'])
-    # `sample` rebuilds it from the checkpoint
-    text = ex.run_sample(checkpoint=str(run), prompt='It is', length=15, temperature=1.0, seed=3)
+    # `sample` rebuilds an ordinary model from the checkpoint and reads every slice
+    text = cli.run_sample(checkpoint=str(run), prompt='It is', length=15, temperature=1.0, seed=3)
     assert text.startswith('It is') and len(text) == len('It is') + 15
 
 
 @pytest.mark.slow
-def test_resume_on_another_number_of_processes_is_a_clear_error(first, monkeypatch, capsys):
-    workdir, run, _, _ = first
+def test_two_process_checkpoint_resumes_in_one_process(first, tmp_path, monkeypatch, capsys):
+    workdir, run, state, _ = first
+    # A copy of the checkpoint, outside the run: a new run continues from it
+    copy = tmp_path / 'step_00000010.dcp'
+    shutil.copytree(state['sharded'], copy)
     monkeypatch.chdir(workdir)
-    # One process, a checkpoint of two
-    assert ex.main(['train', '--resume', str(run), 'steps=20']) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == 'error: the checkpoint was saved by 2 process(es); resume it on as many (this run has 1)'
+    assert cli.main(['train', 'steps=15', '--resume', str(copy)]) == 0, capsys.readouterr().err[-3000:]
+    resumed = load_checkpoint(find_checkpoint(runs(workdir)[-1]))
+    # One process writes a single file, with the weights it continued from and trained on
+    assert resumed['step'] == 15 and resumed['world_size'] == 1 and 'sharded' not in resumed
+    assert [h['step'] for h in resumed['history']] == [5, 10, 15]
+    assert resumed['history'][:2] == state['history']
+
+
+def test_expert_parallel_degree_is_checked():
+    with pytest.raises(ConfigError, match=r'^ep=3 must divide the number of processes \(4\); 0 takes them all$'):
+        explicit_settings({'ep': 3}, world_size=4)
+    with pytest.raises(ConfigError, match=r'^n_experts=4 is not divisible by the expert-parallel degree \(8\)'):
+        explicit_settings({'ep': 8}, world_size=8)
+    with pytest.raises(ConfigError, match=r'^dist_timeout=0.0 must be positive'):
+        explicit_settings({'dist_timeout': 0}, world_size=2)
+    # ep=2 on 4 processes: 4 experts, 2 per process, 2 copies of each
+    assert explicit_settings({'ep': 2}, world_size=4) == {'ep': 2}
 
 
 def test_n_experts_not_divisible_by_the_processes_is_one_clear_error(tmp_path):
@@ -131,8 +157,8 @@ def test_n_experts_not_divisible_by_the_processes_is_one_clear_error(tmp_path):
     assert proc.returncode != 0
     # Rank 0 printed it, once; the other rank said nothing
     errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
-    assert errors == ['error: n_experts=3 is not divisible by the number of processes (2): '
-                      'each process holds an equal share of the experts']
+    assert errors == ['error: n_experts=3 is not divisible by the expert-parallel degree (2): '
+                      'each process of an expert group holds an equal share of the experts']
     # No traceback from our code (torchrun adds its own report of the failed processes)
     assert f'File "{REPO / "labml_nn_switch"}' not in proc.stderr
     # Nothing was started

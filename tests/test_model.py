@@ -159,10 +159,10 @@ def imported_modules(path: Path) -> set[str]:
     # `feed_forward` bare: the fallback import of a flat copy beside feed_forward.py
     ("switch.py", {"torch", "dataclasses", "fractions", ".feed_forward", "feed_forward"}),
     ("mha.py", {"torch"}),
-    ("transformer.py", {"torch", "dataclasses", ".feed_forward", ".mha", ".switch"}),
+    ("transformer.py", {"torch", "collections", "dataclasses", ".feed_forward", ".mha", ".switch"}),
 ])
 def test_model_files_import_only_torch_and_each_other(name, allowed):
-    # Only torch, the standard library's math/dataclasses, and sibling model files
+    # Only torch, the standard library's math/dataclasses/collections, and sibling model files
     assert imported_modules(PACKAGE / name) <= allowed
 
 

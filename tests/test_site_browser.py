@@ -21,8 +21,10 @@ import re
 
 import pytest
 
-from site_fixtures import ARTIFACTS, CHROMIUM_ARGS, require_chromium, serve, serve_real_site
-from literate_testing import MINI_CONFIG, mkdocs_build, write_project  # on the path that site_fixtures sets
+from site_fixtures import ARTIFACTS, CHROMIUM_ARGS, chromium, require_chromium, serve, serve_real_site
+
+# The generator's own fixture project (site_fixtures put its tests' folder on the path).
+from literate_testing import MINI_CONFIG, mkdocs_build, write_project  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -34,12 +36,8 @@ MODEL_PAGES = ["", "labml_nn_switch/", "labml_nn_switch/mha/", "labml_nn_switch/
 
 @pytest.fixture(scope="module")
 def browser():
-    executable = require_chromium()
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -111,7 +111,9 @@ def test_no_external_resources_and_katex_from_the_site():
         for tag, url in parse_page(page).resources:
             # Absolute addresses only of the site itself (its canonical link).
             assert not external.match(url) or url.startswith(built.url + "/"), (page, tag, url)
-        text = page.read_text()
+        # Nor in inline scripts and styles: the page's text less its code column
+        # (the app's page shows, as code, the CDN addresses it replaces)
+        text = re.sub(r'<span class="literate-line"[^\n]*', "", page.read_text())
         for host in ("fonts.googleapis", "fonts.gstatic", "googletagmanager", "unpkg.com", "jsdelivr"):
             assert host not in text, (page, host)
     for css in site.rglob("*.css"):
@@ -132,3 +134,15 @@ def test_literate_pages_carry_title_and_description():
     text = (site / "labml_nn_switch" / "switch" / "index.html").read_text()
     assert re.search(r'<meta name="description" content="[^"]*[Ss]witch', text)
     assert "<title>The Switch layer" in text
+
+
+def test_results_page_plots_come_from_the_study_results():
+    """The hook serves experiments/results/*.png as study/*.png; docs/ holds no link or copy of them."""
+    site = require_real_site().path
+    page = site / "results" / "index.html"
+    plots = [src for tag, src in parse_page(page).resources if tag == "img" and "study/" in src]
+    assert len(plots) >= 4
+    for src in plots:
+        served, _ = resolve_link(site, page, src)
+        assert served.read_bytes() == (ROOT / "experiments" / "results" / served.name).read_bytes(), src
+    assert not (ROOT / "docs" / "study").exists()
