@@ -99,10 +99,19 @@ def test_language_menu_switches_the_switch_page_and_back(page, base_url):
 def test_search_finds_the_switch_page_by_a_translated_term(page, base_url, language, term):
     page.goto(f"{base_url}/{language}/", wait_until="load")
     page.click(".md-search__input")
-    page.fill(".md-search__input", term)
     results = page.locator(".md-search-result__item a")
-    # The search worker builds its index on the first query: slow on a busy machine.
-    results.first.wait_for(timeout=90_000)
+    # The search worker loads its index after the page; a query typed before it
+    # is ready may go unanswered, so type it again until results come (on a busy
+    # machine this takes a while).
+    for attempt in range(9):
+        page.fill(".md-search__input", "")
+        page.fill(".md-search__input", term)
+        try:
+            results.first.wait_for(timeout=10_000)
+            break
+        except Exception:
+            if attempt == 8:
+                raise
     hrefs = [results.nth(i).get_attribute("href") for i in range(results.count())]
     assert any("labml_nn_switch/switch/" in h for h in hrefs), hrefs
     assert all(f"/{language}/" in page.evaluate("h => new URL(h, location.href).href", h) for h in hrefs), hrefs
