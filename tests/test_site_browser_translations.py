@@ -98,6 +98,7 @@ def test_language_menu_switches_the_switch_page_and_back(page, base_url):
 @pytest.mark.parametrize("language, term", [("zh", "负载均衡损失"), ("zh", "专家"), ("ja", "エキスパート")])
 def test_search_finds_the_switch_page_by_a_translated_term(page, base_url, language, term):
     page.goto(f"{base_url}/{language}/", wait_until="load")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     page.click(".md-search__input")
     results = page.locator(".md-search-result__item a")
     # The search worker loads its index after the page; a query typed before it
@@ -109,7 +110,7 @@ def test_search_finds_the_switch_page_by_a_translated_term(page, base_url, langu
         try:
             results.first.wait_for(timeout=10_000)
             break
-        except Exception:
+        except PlaywrightTimeout:
             if attempt == 8:
                 raise
     hrefs = [results.nth(i).get_attribute("href") for i in range(results.count())]
