@@ -21,6 +21,7 @@ text of this site, and an experiment. Read the modules in this order:
 6. Over several processes: [the expert-parallel layer and its groups](expert_parallel.py),
    [launching](process_group.py), [gradient synchronisation](gradient_sync.py),
    [sharded checkpoints](sharded_checkpoint.py) and [the watchdog](watchdog.py)
+7. [The routing made visible](routing_view.py): what a trained router does
 
 The public API is re-exported here:
 

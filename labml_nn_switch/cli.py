@@ -308,13 +308,14 @@ def run_train(overrides: dict[str, Any], *, resume: Optional[str] = None,
     return result
 
 
-def run_sample(*, checkpoint: Optional[str], prompt: str, length: int, temperature: float, seed: int,
-               device: str = 'auto') -> str:
+def load_trained(checkpoint: Optional[str]) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any], Path]:
     """
-    ## Sample from a checkpoint
+    ## A trained model from a checkpoint
 
-    Rebuilds the model from the settings and the `SwitchConfig` saved in the
-    checkpoint (no data file needed).
+    `checkpoint` is a checkpoint file or a run folder, or `None` for the latest of any
+    run. Rebuilds the model from the settings and the `SwitchConfig` saved in the
+    checkpoint (no data file needed), with its trained weights, on the CPU. Returns the
+    model, the checkpoint's state, its settings and its path.
     """
     # Find the checkpoint: a given path, or the latest of any run
     labml_root()
@@ -331,6 +332,15 @@ def run_sample(*, checkpoint: Optional[str], prompt: str, length: int, temperatu
         load_sharded(state['sharded'], model)
     else:
         model.load_state_dict(state['model'])
+    return model, state, saved, path
+
+
+def run_sample(*, checkpoint: Optional[str], prompt: str, length: int, temperature: float, seed: int,
+               device: str = 'auto') -> str:
+    """
+    ## Sample from a checkpoint
+    """
+    model, state, saved, _ = load_trained(checkpoint)
     # On the device
     torch_device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device)
     model.to(torch_device)

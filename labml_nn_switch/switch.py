@@ -170,6 +170,10 @@ class RoutingResult:
     n_dropped: torch.Tensor
     # `[n_tokens]`: $p_{i^*}(x)$, the router probability of each token's chosen expert
     max_prob: torch.Tensor
+    # `[n_tokens]`: $i^*$, each token's chosen expert (in the tokens' order, as `max_prob`)
+    expert: torch.Tensor
+    # `[n_tokens]`: whether each token got a place in its expert (`False`: dropped)
+    kept: torch.Tensor
     # The expert capacity $C$ used in this call
     capacity: int
 
@@ -466,6 +470,9 @@ class SwitchFeedForward(nn.Module):
             mean_prob_per_expert=probs.detach().mean(dim=0),
             n_dropped=(~plan.keep).sum(),
             max_prob=gate.detach(),
+            expert=expert.detach(),
+            # `plan.keep` is in sorted order: put it back in the tokens' order
+            kept=torch.empty_like(plan.keep).index_copy_(0, plan.order, plan.keep),
             capacity=n_tokens if capacity is None else capacity,
         )
         return out.reshape(shape[:-1] + (out.shape[-1],)), result

@@ -37,6 +37,8 @@ asks the app once: if it does not answer within a few seconds, the run goes on w
 screen and its files, and says so in one line.
 """
 
+import contextlib
+import io
 import sys
 import urllib.error
 import urllib.request
@@ -67,8 +69,12 @@ def labml_settings(cwd: Optional[Path] = None) -> dict[str, Any]:
     # Imported here: the loader is labml's internal class, used for nothing else
     from labml.internal.lab import Lab
     cwd = Path(cwd or Path.cwd()).resolve()
+    # Without any `.labml.yaml`, labml prints a warning box and uses `cwd`: that is our
+    # documented default, so the box is kept off the screen (stdout, where labml prints it)
+    has_file = any((p / '.labml.yaml').is_file() for p in (cwd, *cwd.parents))
     try:
-        return Lab(cwd).configs
+        with contextlib.nullcontext() if has_file else contextlib.redirect_stdout(io.StringIO()):
+            return Lab(cwd).configs
     except RuntimeError as e:
         # An unknown key in a `.labml.yaml`, or an app address that is not a URL
         raise ValueError(f'labml settings of {cwd}: {e}') from None

@@ -17,11 +17,12 @@ they fail.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
-from site_fixtures import ARTIFACTS, CHROMIUM_ARGS, chromium, require_chromium, serve, serve_real_site
+from site_fixtures import ARTIFACTS, CHROMIUM_ARGS, ROOT, chromium, require_chromium, serve, serve_real_site
 
 # The generator's own fixture project (site_fixtures put its tests' folder on the path).
 from literate_testing import MINI_CONFIG, mkdocs_build, write_project  # noqa: E402
@@ -281,7 +282,7 @@ OVERFLOWING_CODE = """() => [...document.querySelectorAll('.literate-code pre, .
   .filter(e => e.scrollWidth > e.clientWidth + 1).length"""
 
 
-@pytest.mark.parametrize("path", ["labml_nn_switch/switch/", "labml_nn_switch/distributed/"])
+@pytest.mark.parametrize("path", ["labml_nn_switch/switch/", "labml_nn_switch/expert_parallel/"])
 def test_code_fits_100_columns_and_longer_lines_wrap_with_a_hanging_indent(watched, path):
     w = watched(DESKTOP)
     w.goto(path)
@@ -375,7 +376,7 @@ def test_breadcrumbs_and_module_list_lead_between_pages(watched):
     w.page.wait_for_selector(".literate-contents")
     listed = w.page.locator(".literate-contents li a")
     hrefs = [listed.nth(i).get_attribute("href") for i in range(listed.count())]
-    for name in ("mha", "feed_forward", "switch", "transformer", "experiment", "distributed"):
+    for name in ("mha", "feed_forward", "switch", "transformer", "experiment", "expert_parallel"):
         assert any(h.endswith(f"/labml_nn_switch/{name}/") for h in hrefs), hrefs
     w.screenshot("module-list")
     w.page.locator(".literate-contents li a", has_text=re.compile("^The Switch layer")).click()
@@ -495,3 +496,93 @@ def test_labml_style_formulas_typeset(browser, repo_site):
         w.assert_clean()
     finally:
         w.close()
+
+
+# ## The Routing page
+#
+# The committed view of a real run: a panel per Switch layer, switched by its buttons,
+# every character on its expert's colour, legible in both palettes, no wider than a phone.
+
+ROUTING = json.loads((ROOT / "experiments" / "results" / "routing" / "routing.json").read_text())
+
+# Per expert class: the text and background colours of the visible passage's characters,
+# and the contrast between them (WCAG's formula).
+PASSAGE_COLOURS = """() => {
+  const rgb = s => s.match(/[\\d.]+/g).slice(0, 3).map(Number);
+  const lum = c => { const [r, g, b] = c.map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+                     return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const contrast = (a, b) => { const [x, y] = [lum(rgb(a)), lum(rgb(b))].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+  const panel = [...document.querySelectorAll('.rv-layer')].find(e => e.offsetParent !== null);
+  const out = {};
+  for (const s of panel.querySelectorAll('.rv-text span')) {
+    const cs = getComputedStyle(s), cls = s.classList[0];
+    out[cls] = out[cls] || {background: new Set(), contrast: 99, n: 0};
+    out[cls].background.add(cs.backgroundColor);
+    out[cls].contrast = Math.min(out[cls].contrast, contrast(cs.color, cs.backgroundColor));
+    out[cls].n += 1;
+  }
+  const page = getComputedStyle(document.querySelector('.md-main')).backgroundColor;
+  const body = getComputedStyle(document.body).backgroundColor;
+  const chartText = [...panel.querySelectorAll('svg text')].map(t => contrast(getComputedStyle(t).fill, body));
+  return {layer: panel.dataset.layer, n: panel.querySelectorAll('.rv-text span').length,
+          experts: Object.fromEntries(Object.entries(out).map(([k, v]) => [k, {background: [...v.background], contrast: v.contrast, n: v.n}])),
+          chartText: Math.min(...chartText), nChartText: chartText.length};
+}"""
+
+
+def test_routing_page_layers_colours_and_no_outside_request(watched):
+    w = watched(DESKTOP)
+    w.goto("routing/")
+    layers = ROUTING["passage"]["layers"]
+    assert len(layers) >= 2
+    first = w.page.evaluate(PASSAGE_COLOURS)
+    # The first layer is shown, a span per character, each expert on one colour of its own
+    assert first["layer"] == "0" and first["n"] == len(ROUTING["passage"]["text"])
+    backgrounds = [v["background"] for v in first["experts"].values()]
+    assert all(len(b) == 1 for b in backgrounds) and len({b[0] for b in backgrounds}) == len(backgrounds) >= 2
+    assert {k: v["n"] for k, v in first["experts"].items()} == \
+        {f"e{e}": layers[0]["expert"].count(e) for e in set(layers[0]["expert"])}
+    # Its dropped characters are struck through
+    dropped = w.page.evaluate("[...document.querySelectorAll('#rv-layer-0 .rv-text .d')].map("
+                              "s => getComputedStyle(s).textDecorationLine)")
+    assert len(dropped) == layers[0]["kept"].count(0) and all("line-through" in d for d in dropped)
+    w.screenshot("routing-1400-layer1")
+    # Another layer at a click
+    w.page.click("label[for=rv-1]")
+    second = w.page.evaluate(PASSAGE_COLOURS)
+    assert second["layer"] == "1"
+    assert {k: v["n"] for k, v in second["experts"].items()} == \
+        {f"e{e}": layers[1]["expert"].count(e) for e in set(layers[1]["expert"])}
+    assert w.page.is_hidden("#rv-layer-0")
+    w.screenshot("routing-1400-layer2")
+    w.assert_clean()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_routing_page_legible_in_both_palettes_on_a_phone(watched, scheme):
+    w = watched(PHONE)
+    w.page.emulate_media(color_scheme=scheme)
+    w.goto("routing/")
+    assert w.page.evaluate("document.body.getAttribute('data-md-color-scheme')") == \
+        {"light": "default", "dark": "slate"}[scheme]
+    colours = w.page.evaluate(PASSAGE_COLOURS)
+    # Every character readable on its expert's colour (WCAG AA: 4.5), and the charts' text on the page
+    assert min(v["contrast"] for v in colours["experts"].values()) >= 4.5, colours
+    assert colours["nChartText"] > 5 and colours["chartText"] >= 4.5, colours
+    # Nothing wider than the phone: the table scrolls in its box, the passage wraps
+    assert w.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    w.screenshot(f"routing-390-{scheme}")
+    w.assert_clean()
+
+
+def test_notebook_page_shows_its_outputs(watched):
+    w = watched(PHONE)
+    w.goto("notebook/")
+    # The button to Colab (a link, not an image from elsewhere), the plot, the routing view
+    colab = w.page.locator("a.md-button", has_text="Open in Colab")
+    assert colab.get_attribute("href").startswith("https://colab.research.google.com/github/")
+    assert w.page.evaluate("[...document.querySelectorAll('article img')].filter(i => i.naturalWidth > 0).length") >= 1
+    assert w.page.locator("#notebook-routing .rv-layer").count() >= 2
+    assert w.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    w.screenshot("notebook-390")
+    w.assert_clean()

@@ -367,6 +367,20 @@ def test_property_matches_reference_and_capacity_invariants(seq_len, batch_size,
     capacity = result.capacity
     assert int(result.n_dropped) == int((counts - capacity).clamp(min=0).sum())
     assert int((out.abs().sum(-1) > 0).sum()) <= n_tokens - int(result.n_dropped)
+    # Per token, in the tokens' order: the expert is the router's argmax, and the kept
+    # tokens of each expert are its first C in priority order (position, or descending gate)
+    probs = torch.softmax(ff.router(x.reshape(-1, 8)), dim=-1)
+    assert result.expert.tolist() == probs.argmax(dim=-1).tolist()
+    torch.testing.assert_close(result.max_prob, probs.max(dim=-1).values)
+    kept = torch.zeros(n_tokens, dtype=torch.bool)
+    for e in range(n_experts):
+        mine = (result.expert == e).nonzero().flatten().tolist()
+        if batch_prioritized:
+            mine.sort(key=lambda t: -result.max_prob[t].item())
+        kept[mine[:capacity]] = True
+    assert result.kept.tolist() == kept.tolist()
+    # A dropped token's output is zero
+    assert (out.reshape(n_tokens, -1)[~result.kept] == 0).all()
 
 
 @pytest.mark.slow

@@ -134,4 +134,4 @@ def test_training_goes_on_when_the_app_does_not_answer(tmp_path):
     assert warnings == [f'warning: the labml app at {url} does not answer (Connection refused); '
                         f'training goes on without it']
     # The run trained to the end and kept its checkpoint, in this folder's logs/
-    assert list((tmp_path / 'logs' / 'switch_shakespeare').glob('*/checkpoints/checkpoint.pt'))
+    assert list((tmp_path / 'logs' / 'switch_shakespeare').glob('*/checkpoints/step_*.pt'))
