@@ -22,10 +22,12 @@ from site_fixtures import ROOT, parse_page, require_real_site
 
 ZH = ROOT / "translations" / "zh"
 
-# The pages that must be fully translated: the home page, the model pages and the experiment.
+# The pages that must be fully translated: the home page, the model pages and the
+# experiment's (model and step, settings, training loop, command line).
 TRANSLATED = ["docs/index.md", "labml_nn_switch/__init__.py", "labml_nn_switch/mha.py",
               "labml_nn_switch/feed_forward.py", "labml_nn_switch/switch.py",
-              "labml_nn_switch/transformer.py", "labml_nn_switch/experiment.py"]
+              "labml_nn_switch/transformer.py", "labml_nn_switch/experiment.py",
+              "labml_nn_switch/configs.py", "labml_nn_switch/trainer.py", "labml_nn_switch/cli.py"]
 
 
 def catalogues():
