@@ -47,7 +47,9 @@ fi
 # installed is pinned, so that no extra swaps it for another build.
 pin="$(mktemp)"
 trap 'rm -f "$pin"' EXIT
-echo "torch==$(.venv/bin/python -c 'import torch; print(torch.__version__)')" > "$pin"
+# (its version read from its metadata: with --no-deps above, torch cannot be imported
+# until the project's install below has brought its dependencies)
+echo "torch==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("torch"))')" > "$pin"
 pip install --quiet -e ./mkdocs-literate -c "$pin"
 pip install --quiet -e ".[$extras]" -c "$pin"
 
