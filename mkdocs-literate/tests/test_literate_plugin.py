@@ -7,6 +7,7 @@ options, `mkdocs serve` watching the sources, repository and edit links.
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -47,32 +48,16 @@ def test_unparseable_source_names_file_and_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_missing_source_names_itself(tmp_path):
-    config = """
-        site_name: Mini
-        plugins:
-          - literate:
-              sources:
-                - path: no_such_package
-        """
+@pytest.mark.parametrize("source, name", [
+    ("- path: no_such_package", "no_such_package"),
+    ("- path: pkg\n  order: [layer, no_such_module]", "no_such_module"),
+])
+def test_missing_source_or_module_in_order_names_itself(tmp_path, source, name):
+    config = "site_name: Mini\nplugins:\n  - literate:\n      sources:\n" + textwrap.indent(source, " " * 8) + "\n"
     result = build(tmp_path, config=config)
     assert result.returncode != 0
-    assert "no_such_package" in result.stderr + result.stdout
+    assert name in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
-
-
-def test_missing_module_in_order_names_itself(tmp_path):
-    config = """
-        site_name: Mini
-        plugins:
-          - literate:
-              sources:
-                - path: pkg
-                  order: [layer, no_such_module]
-        """
-    result = build(tmp_path, config=config)
-    assert result.returncode != 0
-    assert "no_such_module" in result.stderr + result.stdout
 
 
 def test_nav_order_sections_and_new_hand_written_pages(tmp_path):
