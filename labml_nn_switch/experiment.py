@@ -74,8 +74,6 @@ class AutoregressiveModel(nn.Module):
     def __init__(self, *, n_vocab: int, d_model: int, max_len: int, transformer: SwitchTransformer):
         """
         * `n_vocab` is the number of distinct characters
-    * `switch_layer` makes each Switch layer (`None`: `SwitchFeedForward`); under
-      torchrun, an [expert-parallel](expert_parallel.py) layer holding this process's experts
         * `d_model` is the width of the model
         * `max_len` is the longest sequence the position embeddings cover
         * `transformer` is a Switch (or dense) transformer from
