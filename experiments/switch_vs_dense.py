@@ -8,8 +8,9 @@ one expert of width `d_ff` per token, so a Switch model with any number of exper
 does the FLOPs of the dense model with one FFN of the same `d_ff` (plus a router of
 `d_model x n_experts`, here under 0.1% of the layer).
 
-Every run is the experiment's `quick` preset (2 layers, d_model 64, 4 heads, d_ff 128,
-seq_len 64, batch 16, Adam 3e-3) for the same number of steps, seeds 0, 1, 2. A seed
+Every run is one of the experiment's presets (`--preset`, by default `quick`: 2 layers,
+d_model 64, 4 heads, d_ff 128, seq_len 64, batch 16, Adam 3e-3; `labml` is labml_nn's
+own size and recipe) for the same number of steps, seeds 0, 1, 2. A seed
 fixes the initial weights and the order of the training windows, so seed k of every
 model sees the same batches in the same order. Validation is on the same fixed 8
 batches (8,192 characters) of the held-out 10% each time, with `model.eval()`.
@@ -17,9 +18,18 @@ batches (8,192 characters) of the held-out 10% each time, with `model.eval()`.
     python experiments/switch_vs_dense.py                  # train all runs, write results and plots
     python experiments/switch_vs_dense.py --plot-only      # redraw from the saved results
     python experiments/switch_vs_dense.py --steps 300 --seeds 0 --experts 1,4 --out /tmp/study
+    python experiments/switch_vs_dense.py --preset labml --name labml_sweep --steps 2000 \
+        --eval-interval 200 --experts 1,2,4,8,16,32 --jobs 2 --plots valid_loss,experts_sweep
 
 Results: `experiments/results/switch_vs_dense.json`, and the plots
-`valid_loss.png`, `experts_sweep.png` and `utilisation.png` beside it.
+`valid_loss.png`, `experts_sweep.png` and `utilisation.png` beside it. Each finished
+run is also written at once to `NAME_runs/`, and a study started again with the same
+name skips the runs found there: an interrupted study loses at most the runs under way.
+
+Over seeds we report the mean, the sample standard deviation and a 95% confidence
+interval $\bar x \pm t_{0.975,\,n-1}\, s/\sqrt{n}$ (Student's t, $n$ seeds); the
+difference from dense is paired by seed, and its interval is that of the per-seed
+differences.
 """
 
 import argparse
@@ -29,7 +39,7 @@ import os
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,13 +55,31 @@ def run_one(spec: dict) -> dict:
     from labml_nn_switch.checkpoint import load_checkpoint
 
     start = time.time()
-    result = cli.run_train({'preset': 'quick', **spec['overrides']}, labml_writers={'file'})
+    result = cli.run_train({'preset': spec['preset'], **spec['overrides']}, labml_writers={'file'})
     seconds = time.time() - start
     state = load_checkpoint(result.checkpoint)
     n_params = sum(v.numel() for v in state['model'].values())
     history = [{k: (_round(v) if k != 'route_fraction' else [[round(f, 4) for f in row] for row in v])
                 for k, v in h.items()} for h in result.history]
     return {**spec['key'], 'params': n_params, 'seconds': round(seconds, 1), 'history': history}
+
+
+# Student's t quantile $t_{0.975,\,\nu}$ for $\nu = n - 1$ degrees of freedom (a 95% two-sided
+# interval); from the standard table, so that the study needs no scipy. From 11 seeds on we
+# use the normal quantile 1.96, which is at most 12% narrower.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def ci95(values: list[float]) -> float:
+    """Half-width of the 95% confidence interval of the mean of `values` (0 for one value)."""
+    if len(values) < 2:
+        return 0.0
+    return T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def run_file(runs_dir: Path, key: dict) -> Path:
+    """Where one finished run is kept, e.g. `switch-4_seed1.json`."""
+    return runs_dir / f"{group_name(key)}_seed{key['seed']}.json"
 
 
 def _round(v):
@@ -89,6 +117,7 @@ def summarise(runs: list[dict]) -> dict:
             'n_experts': rs[0]['n_experts'], 'params': rs[0]['params'], 'seeds': len(rs),
             'final_valid_loss_mean': statistics.mean(final),
             'final_valid_loss_std': statistics.stdev(final) if len(final) > 1 else 0.0,
+            'final_valid_loss_ci95': ci95(final),
             'final_valid_loss_min': min(final), 'final_valid_loss_max': max(final),
             'best_valid_loss_mean': statistics.mean(best),
             'final_valid_accuracy_mean': statistics.mean(r['history'][-1]['accuracy.valid'] for r in rs),
@@ -100,6 +129,7 @@ def summarise(runs: list[dict]) -> dict:
             dense = {r['seed']: r['history'][-1]['loss.valid'] for r in groups['dense']}
             diffs = [r['history'][-1]['loss.valid'] - dense[r['seed']] for r in rs if r['seed'] in dense]
             summary[name]['minus_dense_mean'] = statistics.mean(diffs)
+            summary[name]['minus_dense_ci95'] = ci95(diffs)
             summary[name]['minus_dense_per_seed'] = diffs
     return summary
 
@@ -107,14 +137,15 @@ def summarise(runs: list[dict]) -> dict:
 def markdown_table(summary: dict) -> str:
     """The table of the results page."""
     order = sorted(summary, key=lambda n: (n != 'dense', summary[n]['n_experts']))
-    lines = ['| model | experts | parameters | final valid loss (mean ± std) | min – max | '
-             'vs dense (paired mean) | valid accuracy | seconds/run |',
-             '|---|---:|---:|---:|---:|---:|---:|---:|']
+    lines = ['| model | experts | parameters | final valid loss (mean ± 95% CI) | std | min – max | '
+             'vs dense (paired mean ± 95% CI) | valid accuracy | seconds/run |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
     for n in order:
         s = summary[n]
-        vs = f"{s['minus_dense_mean']:+.4f}" if 'minus_dense_mean' in s else '—'
+        vs = f"{s['minus_dense_mean']:+.4f} ± {s['minus_dense_ci95']:.4f}" if 'minus_dense_mean' in s else '—'
         lines.append(f"| {n} | {s['n_experts'] or '—'} | {s['params']:,} | "
-                     f"{s['final_valid_loss_mean']:.4f} ± {s['final_valid_loss_std']:.4f} | "
+                     f"{s['final_valid_loss_mean']:.4f} ± {s['final_valid_loss_ci95']:.4f} | "
+                     f"{s['final_valid_loss_std']:.4f} | "
                      f"{s['final_valid_loss_min']:.4f} – {s['final_valid_loss_max']:.4f} | {vs} | "
                      f"{s['final_valid_accuracy_mean']:.3f} | {s['seconds_mean']:.0f} |")
     return '\n'.join(lines)
@@ -192,19 +223,20 @@ def _plot_sweep(plt, results, groups, switch, cmap, curves, path):
     s = results['summary']
     xs = [s[n]['n_experts'] for n in switch]
     axes[1].errorbar(xs, [s[n]['final_valid_loss_mean'] for n in switch],
-                     yerr=[s[n]['final_valid_loss_std'] for n in switch], marker='o', capsize=4, label='switch')
+                     yerr=[s[n]['final_valid_loss_ci95'] for n in switch], marker='o', capsize=4, label='switch')
     for n in switch:
         seeds = [r['history'][-1]['loss.valid'] for r in groups[n]]
         axes[1].scatter([s[n]['n_experts']] * len(seeds), seeds, color='tab:blue', alpha=0.35, s=12)
     if 'dense' in s:
         d = s['dense']
         axes[1].axhline(d['final_valid_loss_mean'], color='black', linestyle='--', label='dense (same FLOPs)')
-        axes[1].axhspan(d['final_valid_loss_min'], d['final_valid_loss_max'], color='gray', alpha=0.2)
+        axes[1].axhspan(d['final_valid_loss_mean'] - d['final_valid_loss_ci95'],
+                        d['final_valid_loss_mean'] + d['final_valid_loss_ci95'], color='gray', alpha=0.2)
     axes[1].set_xscale('log', base=2)
     axes[1].set_xticks(xs, [str(x) for x in xs])
     axes[1].set_xlabel('experts per Switch layer')
     axes[1].set_ylabel(f"validation loss at step {results['config']['steps']}")
-    axes[1].set_title('mean ± std, dots = seeds')
+    axes[1].set_title('mean ± 95% CI (dense: band), dots = seeds')
     axes[1].grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
@@ -254,6 +286,7 @@ def _plot_utilisation(plt, groups, switch, cmap, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--preset', default='quick', help="the experiment's preset every run starts from")
     parser.add_argument('--steps', type=int, default=1500)
     parser.add_argument('--eval-interval', type=int, default=100)
     parser.add_argument('--seeds', type=lambda s: [int(x) for x in s.split(',')], default=[0, 1, 2])
@@ -284,19 +317,33 @@ def main():
             args.data = find_text_file(str(args.data or ''), data_dir=lab.get_data_path())
         except DataError as e:
             sys.exit(f'error: {e}')
+        runs_dir = args.out / f'{args.name}_runs'
+        runs_dir.mkdir(exist_ok=True)
         todo = specs(args)
+        # Runs finished by an earlier, interrupted start of the same study are kept, not redone
+        pending = [spec for spec in todo if not run_file(runs_dir, spec['key']).exists()]
         for spec in todo:
             spec['threads'] = args.threads
+            spec['preset'] = args.preset
         start = time.time()
-        runs = []
+        runs = [json.loads(run_file(runs_dir, spec['key']).read_text()) for spec in todo if spec not in pending]
+        if runs:
+            print(f'{len(runs)} runs already done in {runs_dir}', file=sys.stderr)
         # Runs are independent; a pool of `--jobs` processes runs them (labml is one per process)
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            for run in pool.map(run_one, todo):
+            futures = [pool.submit(run_one, spec) for spec in pending]
+            for future in as_completed(futures):
+                run = future.result()
                 runs.append(run)
+                # Written as soon as it is done (atomically), so a crash loses only runs under way
+                path_run = run_file(runs_dir, run)
+                path_run.with_suffix('.tmp').write_text(json.dumps(run) + '\n')
+                path_run.with_suffix('.tmp').replace(path_run)
                 print(f"{group_name(run)} seed {run['seed']}: valid loss {run['history'][-1]['loss.valid']:.4f} "
                       f"({run['seconds']:.0f}s)", file=sys.stderr)
+        runs.sort(key=lambda r: (r['seed'], r['model'] != 'dense', r['n_experts']))
         results = {
-            'config': {'preset': 'quick', 'steps': args.steps, 'eval_interval': args.eval_interval,
+            'config': {'preset': args.preset, 'steps': args.steps, 'eval_interval': args.eval_interval,
                        'seeds': args.seeds, 'experts': args.experts, 'jobs': args.jobs, 'threads': args.threads,
                        'total_seconds': round(time.time() - start), 'torch_threads_per_run': args.threads},
             'runs': runs,
