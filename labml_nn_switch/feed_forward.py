@@ -304,6 +304,9 @@ class Experts(nn.Module):
         self.b2 = nn.Parameter(torch.zeros(self.n_experts, d_model)) if bias else None
         # Expert dropout
         self.dropout = nn.Dropout(dropout)
+        # Memory for the weight gradients of the CPU path, kept from one step to
+        # the next (see `reusable_gradient`); not part of the state
+        self.gradient_memory: dict[str, torch.Tensor] = {}
 
     def supports_grouped(self, x: torch.Tensor) -> bool:
         """Whether `forward_grouped` can run on `x` (see `grouped_mm_supported`)."""
@@ -326,7 +329,8 @@ class Experts(nn.Module):
         b1 = None if self.b1 is None else self.b1.to(x.dtype)
         b2 = None if self.b2 is None else self.b2.to(x.dtype)
         p = self.dropout.p if self.training else 0.0
-        return ExpertRows.apply(x, rows, scale.to(x.dtype), w1, b1, w2, b2, sizes, self.activation, p)
+        return ExpertRows.apply(x, rows, scale.to(x.dtype), w1, b1, w2, b2, sizes, self.activation, p,
+                                self.gradient_memory)
 
     def forward_grouped(self, x: torch.Tensor, *, group_ends: torch.Tensor,
                         row_expert: torch.Tensor) -> torch.Tensor:
@@ -374,6 +378,39 @@ class Experts(nn.Module):
         return y
 
 
+def reusable_gradient(memory: dict[str, torch.Tensor], key: str, like: torch.Tensor) -> torch.Tensor:
+    r"""
+    An uninitialised tensor shaped like `like` for a weight gradient, in memory
+    kept in `memory[key]` from one step to the next.
+
+    Why: a stacked weight of $N$ experts is large (64 experts of
+    $512 \times 2048$ are 256 MiB), and so is its gradient. The C allocator
+    hands out blocks of 32 MiB or more straight from the kernel and gives them
+    back when freed, so a gradient made afresh at every step (as
+    `optimizer.zero_grad()` sets `.grad` to `None`) faults in every one of its
+    pages again: 65,536 page faults for those 256 MiB. A loop over per-expert
+    weights never sees this, each gradient being small. So we keep the memory
+    and return a new tensor over it, which autograd takes as the parameter's
+    `.grad` without a copy.
+
+    The memory is reused only when nothing else refers to it any more: not the
+    parameter's `.grad` (kept when gradients are accumulated over several
+    backward passes), nor a tensor someone kept from an earlier step. We ask
+    torch how many tensors share the storage (`_storage_Use_Count`, which torch
+    uses itself for the same check in its CUDA graph trees); where that
+    private call is missing, or the memory is in use, the gradient is fresh
+    memory, as without this function.
+    """
+    kept = memory.get(key)
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    # In use: our `kept`, the storage object we ask through, and anyone else's tensors
+    if (kept is None or count is None or kept.shape != like.shape or kept.dtype != like.dtype
+            or kept.device != like.device or count(kept.untyped_storage()._cdata) > 2):
+        kept = memory[key] = torch.empty_like(like)
+    # A new tensor over the same memory: the caller's to give away
+    return kept.view(like.shape)
+
+
 # The most elements of a hidden layer computed at once by `ExpertRows`: 16 MiB of
 # float32. Blocks under 32 MiB are reused by the C allocator from one step to
 # the next; a block of 32 MiB or more is fresh memory from the kernel every
@@ -404,6 +441,9 @@ class ExpertRows(torch.autograd.Function):
     layer stays under `CHUNK_ELEMENTS`; an expert too large for that alone is
     taken in blocks of its own rows, with no padding.
 
+    The weight gradients are written into memory kept from the last step when
+    nobody holds it any more (`reusable_gradient`).
+
     Written as one autograd `Function` so that backward keeps only what it
     needs: the input $x$ (the caller's tensor, kept anyway), the gates, and the
     hidden layer. For ReLU that is its output, whose sign is the derivative;
@@ -420,7 +460,7 @@ class ExpertRows(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, rows, scale, w1, b1, w2, b2, sizes, activation, p):
+    def forward(ctx, x, rows, scale, w1, b1, w2, b2, sizes, activation, p, memory):
         n_experts, d_model = w1.shape[0], x.shape[1]
         # $m$, each expert's slots, and the slot of each kept row: `e * m + (its place in e's rows)`
         m = max(sizes, default=0)
@@ -454,7 +494,7 @@ class ExpertRows(torch.autograd.Function):
             y = u.view(-1, u.shape[-1]).index_select(0, local).mul_(scale[r0:r1, None])
             out.index_copy_(0, rows[r0:r1], y)
         ctx.save_for_backward(x, rows, slots, scale, w1, b1, w2, b2, *hidden, *masks)
-        ctx.groups, ctx.m, ctx.activation, ctx.p = groups, m, activation, p
+        ctx.groups, ctx.m, ctx.activation, ctx.p, ctx.memory = groups, m, activation, p, memory
         return out
 
     @staticmethod
@@ -464,8 +504,15 @@ class ExpertRows(torch.autograd.Function):
         hidden, masks = rest[:len(groups)], rest[len(groups):]
         relu = ctx.activation == "relu"
         grad_x, grad_scale = torch.zeros_like(x), torch.zeros_like(scale)
-        # Experts in no group (no kept token, or all of them when nothing is kept) get zero gradients
-        grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
+        # The weight gradients, in reused memory; every expert's is written below
+        # by its first block, or zeroed when it is in no block (no kept token)
+        grad_w1 = reusable_gradient(ctx.memory, "w1", w1)
+        grad_w2 = reusable_gradient(ctx.memory, "w2", w2)
+        written = {e for e0, e1, _, _, base, _ in groups if base % m == 0 for e in range(e0, e1)}
+        for e in range(w1.shape[0]):
+            if e not in written:
+                grad_w1[e].zero_()
+                grad_w2[e].zero_()
         grad_b1 = torch.zeros_like(b1) if b1 is not None else None
         grad_b2 = torch.zeros_like(b2) if b2 is not None else None
         grad_out = grad_out.contiguous()
@@ -516,7 +563,7 @@ class ExpertRows(torch.autograd.Function):
         need = ctx.needs_input_grad
         return (grad_x if need[0] else None, None, grad_scale if need[2] else None, grad_w1 if need[3] else None,
                 grad_b1 if need[4] else None, grad_w2 if need[5] else None, grad_b2 if need[6] else None,
-                None, None, None)
+                None, None, None, None)
 
 
 def _expert_groups(sizes: list[int], starts: list[int], m: int, d_hidden: int) -> list[tuple]:
