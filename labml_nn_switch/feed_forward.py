@@ -28,8 +28,8 @@ This file holds two modules:
 * `FeedForward`: one FFN, the dense layer (and the FLOP-matched dense baseline);
 * `Experts`: $N$ FFNs whose weights are stacked into tensors with a leading
   expert dimension, so that all experts run in one batched (`bmm`) or grouped
-  (`grouped_mm`) matrix multiplication on a GPU, and in per-expert buffers
-  sized by the busiest expert, one `bmm` per layer, on the CPU (`ExpertRows`).
+  (`grouped_mm`) matrix multiplication on a GPU, and each expert on its own
+  contiguous run of rows, with no padding, on the CPU (`ExpertRows`).
 
 A note on cost: a plain FFN does $2 \cdot 2\, d_{model} d_{ff}$ FLOPs per token
 forward (two matrix multiplications, a multiply and an add each). A gated one
@@ -39,6 +39,7 @@ gated FFN with a plain one at equal FLOPs, take $d_{ff}$ two thirds as large.
 It imports nothing but torch, so you can copy it into your own project.
 """
 
+import itertools
 import math
 
 import torch
@@ -262,9 +263,9 @@ class Experts(nn.Module):
       (the layout of Mesh-TensorFlow and GShard); `torch.bmm` multiplies them,
       empty slots included. Works for every dtype and size.
     * `forward_rows`: the CPU path. The host already knows how many rows each
-      expert has, so the buffers are sized by the busiest expert's rows, only
-      kept tokens are computed, the combine is folded in, and backward keeps
-      only the hidden layer (`ExpertRows`).
+      expert has, so each expert multiplies exactly its kept rows (no padding,
+      no dropped token), the combine is folded in, and backward keeps only the
+      hidden layer (`ExpertRows`).
     """
 
     def __init__(self, *, n_experts: int, d_model: int, d_ff: int, dropout: float = 0.1,
@@ -425,21 +426,22 @@ class ExpertRows(torch.autograd.Function):
     On a GPU, reading how many tokens each expert got would stall the device
     until the router has run, so the GPU paths use shapes fixed in advance
     (`grouped_mm`, or buffers of the full capacity). On the CPU there is no
-    device to stall: the counts are already in memory. We use them to size
-    per-expert buffers by the busiest expert's kept tokens, $m = \max_e n_e$
-    (at most the capacity, often well under it), and run each linear layer
-    of all experts as one batched `bmm` over `[n_experts, m, d]`:
+    device to stall: the counts are already in memory. So we gather the kept
+    tokens, sorted by expert, and give each expert's contiguous run of rows to
+    its own matrix multiplications: no padding, no dropped token computed,
+    exactly the arithmetic of the tokens that are kept. For the $k$-th kept row
+    $r_k$, of expert $e$,
 
-    $$y_k = s_k \Big( W_2^{(e)\top} \mathrm{Dropout}\big(\mathrm{act}(W_1^{(e)\top} x_{r_k} + b_1^{(e)})\big) + b_2^{(e)} \Big)$$
+    $$y_{r_k} = s_k \Big( W_2^{(e)\top} \mathrm{Dropout}\big(\mathrm{act}(W_1^{(e)\top} x_{r_k} + b_1^{(e)})\big) + b_2^{(e)} \Big)$$
 
-    for the $k$-th kept row $r_k$, written straight into the output, whose
-    other rows (dropped tokens) stay exactly zero, even where an expert
-    overflows in float16. One `bmm` is one parallel region: a loop of small
-    per-expert matrix multiplications (what `grouped_mm` does on the CPU) pays
-    the threads' start and join once per expert, which on a busy machine can
-    cost more than the arithmetic. Experts are taken in groups whose hidden
-    layer stays under `CHUNK_ELEMENTS`; an expert too large for that alone is
-    taken in blocks of its own rows, with no padding.
+    written straight into the output, whose other rows (dropped tokens) stay
+    exactly zero, even where an expert overflows in float16.
+
+    The rows are taken in blocks whose hidden layer stays under
+    `CHUNK_ELEMENTS`; a block may hold several experts' runs, and a long run is
+    cut over several blocks (its weight gradient summed over them). The
+    element-wise work (activation, dropout, gates) is done once per block, only
+    the matrix multiplications once per expert in it.
 
     The weight gradients are written into memory kept from the last step when
     nobody holds it any more (`reusable_gradient`).
@@ -448,9 +450,9 @@ class ExpertRows(torch.autograd.Function):
     needs: the input $x$ (the caller's tensor, kept anyway), the gates, and the
     hidden layer. For ReLU that is its output, whose sign is the derivative;
     for other activations the pre-activation, from which backward recomputes
-    the rest. The padded input is gathered again rather than kept. The gate's
-    gradient needs the expert's unscaled output $u_k$, but not as a tensor:
-    with $g_k$ the output's gradient,
+    the rest. The gathered input is gathered again rather than kept. The
+    gate's gradient needs the expert's unscaled output $u_k$, but not as a
+    tensor: with $g_k$ the output's gradient,
 
     $$\frac{\partial L}{\partial s_k} = g_k \cdot u_k
       = \big(W_2^{(e)} g_k\big) \cdot a_k + g_k \cdot b_2^{(e)},$$
@@ -461,137 +463,136 @@ class ExpertRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, rows, scale, w1, b1, w2, b2, sizes, activation, p, memory):
-        n_experts, d_model = w1.shape[0], x.shape[1]
-        # $m$, each expert's slots, and the slot of each kept row: `e * m + (its place in e's rows)`
-        m = max(sizes, default=0)
-        starts = [0]
-        for n in sizes:
-            starts.append(starts[-1] + n)
-        groups = _expert_groups(sizes, starts, m, w1.shape[-1])
-        offsets = torch.tensor([e * m - starts[e] for e in range(n_experts)], device=x.device)
-        slots = torch.arange(len(rows), device=x.device) + offsets.repeat_interleave(
-            torch.tensor(sizes, device=x.device), output_size=len(rows))
+        blocks = _row_blocks(sizes, w1.shape[-1])
         out = x.new_zeros(x.shape[0], w2.shape[-1])
         hidden, masks = [], []
-        for e0, e1, r0, r1, base, width in groups:
-            local = slots[r0:r1] - base
-            # The group's tokens in their slots: `[e1 - e0, width, d_model]`, empty slots zero
-            xg = _padded(x, rows[r0:r1], local, (e1 - e0) * width).view(e1 - e0, width, d_model)
-            # $W_1^\top x + b_1$ for every expert of the group: `[e1 - e0, m, d_hidden]`
-            h = torch.bmm(xg, w1[e0:e1]) if b1 is None else torch.baddbmm(b1[e0:e1, None], xg, w1[e0:e1])
+        for r0, r1, runs in blocks:
+            # The block's tokens, expert by expert: `[r1 - r0, d_model]`
+            xb = x.index_select(0, rows[r0:r1])
+            # $W_1^\top x + b_1$, each expert on its own rows: `[r1 - r0, d_hidden]`
+            h = xb.new_empty(r1 - r0, w1.shape[-1])
+            for e, a, b in runs:
+                _linear_into(h[a - r0:b - r0], xb[a - r0:b - r0], w1[e], None if b1 is None else b1[e])
             # The activation: in place for ReLU, whose output is all backward needs;
             # other activations keep their input $h$ for backward
-            a = h.relu_() if activation == "relu" else activate(h, activation)
+            act = h.relu_() if activation == "relu" else activate(h, activation)
             hidden.append(h)
             # Expert dropout; for ReLU its output still tells the derivative (zero where either zeroed)
             if p > 0:
-                mask = torch.empty_like(a).bernoulli_(1 - p)
-                a = a.mul_(mask).div_(1 - p)
+                mask = torch.empty_like(act).bernoulli_(1 - p)
+                act = act.mul_(mask).div_(1 - p)
                 if activation != "relu":
                     masks.append(mask.bool())
-            # $u = W_2^\top a + b_2$, then each kept row scaled by its gate into its token's row
-            u = torch.bmm(a, w2[e0:e1]) if b2 is None else torch.baddbmm(b2[e0:e1, None], a, w2[e0:e1])
-            y = u.view(-1, u.shape[-1]).index_select(0, local).mul_(scale[r0:r1, None])
-            out.index_copy_(0, rows[r0:r1], y)
-        ctx.save_for_backward(x, rows, slots, scale, w1, b1, w2, b2, *hidden, *masks)
-        ctx.groups, ctx.m, ctx.activation, ctx.p, ctx.memory = groups, m, activation, p, memory
+            # $u = W_2^\top a + b_2$, each expert on its own rows: `[r1 - r0, d_model]`
+            u = xb.new_empty(r1 - r0, w2.shape[-1])
+            for e, a, b in runs:
+                _linear_into(u[a - r0:b - r0], act[a - r0:b - r0], w2[e], None if b2 is None else b2[e])
+            # Each row scaled by its gate, into its token's row of the output
+            out.index_copy_(0, rows[r0:r1], u.mul_(scale[r0:r1, None]))
+        ctx.save_for_backward(x, rows, scale, w1, b1, w2, b2, *hidden, *masks)
+        ctx.blocks, ctx.activation, ctx.p, ctx.memory = blocks, activation, p, memory
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, rows, slots, scale, w1, b1, w2, b2, *rest = ctx.saved_tensors
-        groups, m, p = ctx.groups, ctx.m, ctx.p
-        hidden, masks = rest[:len(groups)], rest[len(groups):]
+        x, rows, scale, w1, b1, w2, b2, *rest = ctx.saved_tensors
+        blocks, p = ctx.blocks, ctx.p
+        hidden, masks = rest[:len(blocks)], rest[len(blocks):]
         relu = ctx.activation == "relu"
-        grad_x, grad_scale = torch.zeros_like(x), torch.zeros_like(scale)
-        # The weight gradients, in reused memory; every expert's is written below
-        # by its first block, or zeroed when it is in no block (no kept token)
+        grad_x, grad_scale = torch.zeros_like(x), torch.empty_like(scale)
+        # The weight gradients, in reused memory; each expert's is written by the
+        # first block of its rows, or zeroed when it has no kept token
         grad_w1 = reusable_gradient(ctx.memory, "w1", w1)
         grad_w2 = reusable_gradient(ctx.memory, "w2", w2)
-        written = {e for e0, e1, _, _, base, _ in groups if base % m == 0 for e in range(e0, e1)}
-        for e in range(w1.shape[0]):
-            if e not in written:
-                grad_w1[e].zero_()
-                grad_w2[e].zero_()
+        for e in set(range(w1.shape[0])) - {e for _, _, runs in blocks for e, _, _ in runs}:
+            grad_w1[e].zero_()
+            grad_w2[e].zero_()
         grad_b1 = torch.zeros_like(b1) if b1 is not None else None
         grad_b2 = torch.zeros_like(b2) if b2 is not None else None
-        grad_out = grad_out.contiguous()
-        for k, (e0, e1, r0, r1, base, width) in enumerate(groups):
-            local = slots[r0:r1] - base
-            # The first block of these experts (from their slot 0) writes their weight gradients, later ones add
-            first = base % m == 0
-            # The output's gradient in the slots, unscaled: `[e1 - e0, width, d_model]`
-            g = _padded(grad_out, rows[r0:r1], local, (e1 - e0) * width).view(e1 - e0, width, -1)
-            # $W_2 g$: `[e1 - e0, m, d_ff]`
-            ga = torch.bmm(g, w2[e0:e1].transpose(1, 2))
+        seen = set()
+        for k, (r0, r1, runs) in enumerate(blocks):
+            # The output's gradient on the block's rows, unscaled: `[r1 - r0, d_model]`
+            g = grad_out.index_select(0, rows[r0:r1])
+            # $W_2 g$, each expert on its own rows: `[r1 - r0, d_ff]`
+            ga = g.new_empty(r1 - r0, w2.shape[1])
+            for e, a, b in runs:
+                torch.mm(g[a - r0:b - r0], w2[e].t(), out=ga[a - r0:b - r0])
             if relu:
-                a = hidden[k]
+                act = hidden[k]
             else:
                 # Recompute the activation (and its dropout) from the pre-activation
                 with torch.enable_grad():
                     h = hidden[k].detach().requires_grad_()
-                    a = activate(h, ctx.activation)
+                    act = activate(h, ctx.activation)
                     if masks:
-                        a = a * masks[k] / (1 - p)
+                        act = act * masks[k] / (1 - p)
             # The gates' gradient, $g \cdot u$ for each kept row
-            grad_s = torch.linalg.vecdot(ga, a)
+            grad_s = torch.linalg.vecdot(ga, act)
             if b2 is not None:
-                grad_s += torch.linalg.vecdot(g, b2[e0:e1, None])
-            grad_scale[r0:r1] = grad_s.view(-1).index_select(0, local)
-            # Through the gate: the gradients of $u$ and of $a$ (empty slots have zero scale)
-            s = x.new_zeros((e1 - e0) * width).index_copy_(0, local, scale[r0:r1]).view(e1 - e0, width, 1)
+                for e, a, b in runs:
+                    grad_s[a - r0:b - r0] += g[a - r0:b - r0] @ b2[e]
+            grad_scale[r0:r1] = grad_s
+            # Through the gate: the gradients of $u$ and of $a$
+            s = scale[r0:r1, None]
             g.mul_(s)
             ga.mul_(s)
-            _bmm_into(grad_w2[e0:e1], a.detach().transpose(1, 2), g, first)
-            if b2 is not None:
-                grad_b2[e0:e1] += g.sum(1)
-            # Through the activation: `[e1 - e0, m, d_hidden]`
+            # Through the activation: `[r1 - r0, d_hidden]`
             if relu:
                 # ReLU's own backward kernel: `ga` where `a > 0`, else 0
-                gh = torch.ops.aten.threshold_backward(ga, a, 0)
+                gh = torch.ops.aten.threshold_backward(ga, act, 0)
                 if p > 0:
                     gh.div_(1 - p)
             else:
-                (gh,) = torch.autograd.grad(a, h, ga)
-            # The group's input again (cheaper than keeping it)
-            xg = _padded(x, rows[r0:r1], local, (e1 - e0) * width).view(e1 - e0, width, -1)
-            _bmm_into(grad_w1[e0:e1], xg.transpose(1, 2), gh, first)
-            if b1 is not None:
-                grad_b1[e0:e1] += gh.sum(1)
-            dx = torch.bmm(gh, w1[e0:e1].transpose(1, 2))
-            grad_x.index_copy_(0, rows[r0:r1], dx.view(-1, dx.shape[-1]).index_select(0, local))
+                (gh,) = torch.autograd.grad(act, h, ga)
+            # The block's input again (cheaper than keeping it)
+            xb = x.index_select(0, rows[r0:r1])
+            dx = xb.new_empty(r1 - r0, x.shape[1])
+            for e, a, b in runs:
+                first = e not in seen
+                seen.add(e)
+                ra, rb = a - r0, b - r0
+                _mm_into(grad_w2[e], act[ra:rb].detach().t(), g[ra:rb], first)
+                _mm_into(grad_w1[e], xb[ra:rb].t(), gh[ra:rb], first)
+                if b2 is not None:
+                    grad_b2[e] += g[ra:rb].sum(0)
+                    grad_b1[e] += gh[ra:rb].sum(0)
+                torch.mm(gh[ra:rb], w1[e].t(), out=dx[ra:rb])
+            grad_x.index_copy_(0, rows[r0:r1], dx)
         need = ctx.needs_input_grad
         return (grad_x if need[0] else None, None, grad_scale if need[2] else None, grad_w1 if need[3] else None,
                 grad_b1 if need[4] else None, grad_w2 if need[5] else None, grad_b2 if need[6] else None,
                 None, None, None, None)
 
 
-def _expert_groups(sizes: list[int], starts: list[int], m: int, d_hidden: int) -> list[tuple]:
+def _row_blocks(sizes: list[int], d_hidden: int) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
     """
-    The blocks of work, `(first expert, end expert, first row, end row, first slot, slots per expert)`:
-    consecutive experts with `m` slots each whose hidden layers together stay under
-    `CHUNK_ELEMENTS`, or, when one expert's `m` rows alone are more, blocks of that
-    expert's own rows. None when no expert has a row.
+    The blocks of work over the kept rows (expert 0's first, then expert 1's, ...):
+    `(first row, end row, runs)`, at most `CHUNK_ELEMENTS // d_hidden` rows each, where
+    `runs` lists `(expert, first row, end row)` for each expert with rows in the block.
     """
-    if m == 0:
-        return []
-    if m * d_hidden <= CHUNK_ELEMENTS:
-        step = CHUNK_ELEMENTS // (m * d_hidden)
-        return [(e, min(e + step, len(sizes)), starts[e], starts[min(e + step, len(sizes))], e * m, m)
-                for e in range(0, len(sizes), step)]
     step = max(1, CHUNK_ELEMENTS // d_hidden)
-    return [(e, e + 1, starts[e] + s, starts[e] + min(s + step, n), e * m + s, min(step, n - s))
-            for e, n in enumerate(sizes) for s in range(0, n, step)]
+    # Expert $e$'s rows are `starts[e]` to `starts[e + 1]`
+    starts = list(itertools.accumulate(sizes, initial=0))
+    blocks = []
+    for r0 in range(0, starts[-1], step):
+        r1 = min(r0 + step, starts[-1])
+        runs = [(e, max(starts[e], r0), min(starts[e + 1], r1)) for e in range(len(sizes))
+                if max(starts[e], r0) < min(starts[e + 1], r1)]
+        blocks.append((r0, r1, runs))
+    return blocks
 
 
-def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
-    """`out = a @ b` for the first block of some experts, `out += a @ b` for the next."""
-    if first:
-        torch.bmm(a, b, out=out)
+def _linear_into(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
+    """`out = x @ w (+ b)`, written into `out`."""
+    if b is None:
+        torch.mm(x, w, out=out)
     else:
-        out.baddbmm_(a, b)
+        torch.addmm(b, x, w, out=out)
 
 
-def _padded(x: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, n_slots: int) -> torch.Tensor:
-    """`[n_slots, d]`: row `rows[k]` of `x` in slot `slots[k]`, zeros elsewhere."""
-    return x.new_zeros(n_slots, x.shape[1]).index_copy_(0, slots, x.index_select(0, rows))
+def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
+    """`out = a @ b` for the first block of an expert's rows, `out += a @ b` for the next."""
+    if first:
+        torch.mm(a, b, out=out)
+    else:
+        out.addmm_(a, b)

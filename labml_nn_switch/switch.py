@@ -41,8 +41,8 @@ Four things make it work at scale, and each is a section below:
 4. **Vectorised dispatch**: tokens are sorted by expert, so each expert's
    tokens form one contiguous block; on a GPU all experts run in one grouped
    matrix multiplication with no host synchronisation; on the CPU, where the
-   host reads the counts for free, in one batched multiplication over
-   per-expert buffers sized by the busiest expert.
+   host reads the counts for free, each expert multiplies exactly its own
+   block of kept tokens.
 
 The file imports nothing but torch and [`feed_forward.py`](feed_forward.py):
 copy both into your project.
@@ -508,9 +508,9 @@ class SwitchFeedForward(nn.Module):
 
         The counts are already in host memory, so reading them costs nothing.
         Expert $e$ keeps $\min(T f_e, C)$ tokens, the first of its run in the
-        sorted order; [`Experts.forward_rows`](feed_forward.py) runs all
-        experts on them in buffers sized by the busiest expert and writes
-        $p_{i^*}(x) E_{i^*}(x)$ straight into the token's row of the output.
+        sorted order; [`Experts.forward_rows`](feed_forward.py) runs each
+        expert on exactly its kept tokens and writes $p_{i^*}(x) E_{i^*}(x)$
+        straight into the token's row of the output.
         Dropped tokens are not computed at all; their rows stay zero.
         """
         counts = plan.counts if capacity is None else plan.counts.clamp(max=capacity)
