@@ -447,25 +447,29 @@ class ExpertRows(torch.autograd.Function):
     nobody holds it any more (`reusable_gradient`).
 
     Written as one autograd `Function` so that backward keeps only what it
-    needs: the input $x$ (the caller's tensor, kept anyway), the gates, and the
-    hidden layer. For ReLU that is its output, whose sign is the derivative;
-    for other activations the pre-activation, from which backward recomputes
-    the rest. The gathered input is gathered again rather than kept. The
-    gate's gradient needs the expert's unscaled output $u_k$, but not as a
-    tensor: with $g_k$ the output's gradient,
+    needs: the input $x$ (the caller's tensor, kept anyway), the gates, the
+    hidden layer and the experts' unscaled outputs $u_k$. For ReLU the hidden
+    layer is its output, whose sign is the derivative; for other activations
+    the pre-activation, from which backward recomputes the rest. The gathered
+    input is gathered again rather than kept. With $g_k$ the output's
+    gradient, the gate's gradient is
 
-    $$\frac{\partial L}{\partial s_k} = g_k \cdot u_k
-      = \big(W_2^{(e)} g_k\big) \cdot a_k + g_k \cdot b_2^{(e)},$$
+    $$\frac{\partial L}{\partial s_k} = g_k \cdot u_k ,$$
 
-    and $W_2^{(e)} g_k$ is computed for $a_k$'s gradient anyway. So the saved
-    activations are about those of the dense FFN (dropped tokens have none).
+    a dot product over `d_model` features, and the expert's own backward
+    starts from $s_k g_k$, so the scale is applied once, to the narrow
+    `[rows, d_model]` gradient rather than the wide `[rows, d_ff]` one. The
+    saved activations are those of the dense FFN plus $u$, `d_model` numbers
+    per kept token (dropped tokens have none).
     """
 
     @staticmethod
     def forward(ctx, x, rows, scale, w1, b1, w2, b2, sizes, activation, p, memory):
         blocks = _row_blocks(sizes, w1.shape[-1])
-        out = x.new_zeros(x.shape[0], w2.shape[-1])
-        hidden, masks = [], []
+        # The output: rows of dropped tokens stay zero (no need to clear it when every token is kept)
+        kept_all = len(rows) == x.shape[0]
+        out = x.new_empty(x.shape[0], w2.shape[-1]) if kept_all else x.new_zeros(x.shape[0], w2.shape[-1])
+        hidden, outputs, masks = [], [], []
         for r0, r1, runs in blocks:
             # The block's tokens, expert by expert: `[r1 - r0, d_model]`
             xb = x.index_select(0, rows[r0:r1])
@@ -487,9 +491,11 @@ class ExpertRows(torch.autograd.Function):
             u = xb.new_empty(r1 - r0, w2.shape[-1])
             for e, a, b in runs:
                 _linear_into(u[a - r0:b - r0], act[a - r0:b - r0], w2[e], None if b2 is None else b2[e])
+            # Kept unscaled for the gates' gradient
+            outputs.append(u)
             # Each row scaled by its gate, into its token's row of the output
-            out.index_copy_(0, rows[r0:r1], u.mul_(scale[r0:r1, None]))
-        ctx.save_for_backward(x, rows, scale, w1, b1, w2, b2, *hidden, *masks)
+            out.index_copy_(0, rows[r0:r1], u * scale[r0:r1, None])
+        ctx.save_for_backward(x, rows, scale, w1, b1, w2, b2, *hidden, *outputs, *masks)
         ctx.blocks, ctx.activation, ctx.p, ctx.memory = blocks, activation, p, memory
         return out
 
@@ -497,9 +503,12 @@ class ExpertRows(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, rows, scale, w1, b1, w2, b2, *rest = ctx.saved_tensors
         blocks, p = ctx.blocks, ctx.p
-        hidden, masks = rest[:len(blocks)], rest[len(blocks):]
+        n = len(blocks)
+        hidden, outputs, masks = rest[:n], rest[n:2 * n], rest[2 * n:]
         relu = ctx.activation == "relu"
-        grad_x, grad_scale = torch.zeros_like(x), torch.empty_like(scale)
+        # The input's gradient: zero for dropped tokens (every row is written when all are kept)
+        grad_x = torch.empty_like(x) if len(rows) == x.shape[0] else torch.zeros_like(x)
+        grad_scale = torch.empty_like(scale)
         # The weight gradients, in reused memory; each expert's is written by the
         # first block of its rows, or zeroed when it has no kept token
         grad_w1 = reusable_gradient(ctx.memory, "w1", w1)
@@ -511,8 +520,12 @@ class ExpertRows(torch.autograd.Function):
         grad_b2 = torch.zeros_like(b2) if b2 is not None else None
         seen = set()
         for k, (r0, r1, runs) in enumerate(blocks):
-            # The output's gradient on the block's rows, unscaled: `[r1 - r0, d_model]`
+            # The output's gradient on the block's rows: `[r1 - r0, d_model]`
             g = grad_out.index_select(0, rows[r0:r1])
+            # The gates' gradient, $g_k \cdot u_k$ for each kept row
+            grad_scale[r0:r1] = torch.linalg.vecdot(g, outputs[k])
+            # Through the gate: the gradient of $u$, $s_k g_k$
+            g.mul_(scale[r0:r1, None])
             # $W_2 g$, each expert on its own rows: `[r1 - r0, d_ff]`
             ga = g.new_empty(r1 - r0, w2.shape[1])
             for e, a, b in runs:
@@ -526,16 +539,6 @@ class ExpertRows(torch.autograd.Function):
                     act = activate(h, ctx.activation)
                     if masks:
                         act = act * masks[k] / (1 - p)
-            # The gates' gradient, $g \cdot u$ for each kept row
-            grad_s = torch.linalg.vecdot(ga, act)
-            if b2 is not None:
-                for e, a, b in runs:
-                    grad_s[a - r0:b - r0] += g[a - r0:b - r0] @ b2[e]
-            grad_scale[r0:r1] = grad_s
-            # Through the gate: the gradients of $u$ and of $a$
-            s = scale[r0:r1, None]
-            g.mul_(s)
-            ga.mul_(s)
             # Through the activation: `[r1 - r0, d_hidden]`
             if relu:
                 # ReLU's own backward kernel: `ga` where `a > 0`, else 0
