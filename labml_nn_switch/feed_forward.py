@@ -447,20 +447,20 @@ class ExpertRows(torch.autograd.Function):
     nobody holds it any more (`reusable_gradient`).
 
     Written as one autograd `Function` so that backward keeps only what it
-    needs: the input $x$ (the caller's tensor, kept anyway), the gates, the
-    hidden layer and the experts' unscaled outputs $u_k$. For ReLU the hidden
-    layer is its output, whose sign is the derivative; for other activations
-    the pre-activation, from which backward recomputes the rest. The gathered
-    input is gathered again rather than kept. With $g_k$ the output's
-    gradient, the gate's gradient is
+    needs: the input $x$ (the caller's tensor, kept anyway), the gates, and the
+    hidden layer. For ReLU that is its output, whose sign is the derivative;
+    for other activations the pre-activation, from which backward recomputes
+    the rest. The gathered input is gathered again rather than kept. The
+    gate's gradient needs the expert's unscaled output $u_k$, but not as a
+    tensor: with $g_k$ the output's gradient,
 
-    $$\frac{\partial L}{\partial s_k} = g_k \cdot u_k ,$$
+    $$\frac{\partial L}{\partial s_k} = g_k \cdot u_k
+      = \big(W_2^{(e)} g_k\big) \cdot a_k + g_k \cdot b_2^{(e)},$$
 
-    a dot product over `d_model` features, and the expert's own backward
-    starts from $s_k g_k$, so the scale is applied once, to the narrow
-    `[rows, d_model]` gradient rather than the wide `[rows, d_ff]` one. The
-    saved activations are those of the dense FFN plus $u$, `d_model` numbers
-    per kept token (dropped tokens have none).
+    and $W_2^{(e)} g_k$ is computed for $a_k$'s gradient anyway. So the saved
+    activations are about those of the dense FFN (dropped tokens have none).
+    The gate then multiplies each row's gradient; we apply it to the narrow
+    `[rows, d_model]` tensors rather than the wide `[rows, d_ff]` ones.
     """
 
     @staticmethod
@@ -469,7 +469,7 @@ class ExpertRows(torch.autograd.Function):
         # The output: rows of dropped tokens stay zero (no need to clear it when every token is kept)
         kept_all = len(rows) == x.shape[0]
         out = x.new_empty(x.shape[0], w2.shape[-1]) if kept_all else x.new_zeros(x.shape[0], w2.shape[-1])
-        hidden, outputs, masks = [], [], []
+        hidden, masks = [], []
         for r0, r1, runs in blocks:
             # The block's tokens, expert by expert: `[r1 - r0, d_model]`
             xb = x.index_select(0, rows[r0:r1])
@@ -491,11 +491,9 @@ class ExpertRows(torch.autograd.Function):
             u = xb.new_empty(r1 - r0, w2.shape[-1])
             for e, a, b in runs:
                 _linear_into(u[a - r0:b - r0], act[a - r0:b - r0], w2[e], None if b2 is None else b2[e])
-            # Kept unscaled for the gates' gradient
-            outputs.append(u)
             # Each row scaled by its gate, into its token's row of the output
-            out.index_copy_(0, rows[r0:r1], u * scale[r0:r1, None])
-        ctx.save_for_backward(x, rows, scale, w1, b1, w2, b2, *hidden, *outputs, *masks)
+            out.index_copy_(0, rows[r0:r1], u.mul_(scale[r0:r1, None]))
+        ctx.save_for_backward(x, rows, scale, w1, b1, w2, b2, *hidden, *masks)
         ctx.blocks, ctx.activation, ctx.p, ctx.memory = blocks, activation, p, memory
         return out
 
@@ -503,8 +501,7 @@ class ExpertRows(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, rows, scale, w1, b1, w2, b2, *rest = ctx.saved_tensors
         blocks, p = ctx.blocks, ctx.p
-        n = len(blocks)
-        hidden, outputs, masks = rest[:n], rest[n:2 * n], rest[2 * n:]
+        hidden, masks = rest[:len(blocks)], rest[len(blocks):]
         relu = ctx.activation == "relu"
         # The input's gradient: zero for dropped tokens (every row is written when all are kept)
         grad_x = torch.empty_like(x) if len(rows) == x.shape[0] else torch.zeros_like(x)
@@ -520,12 +517,8 @@ class ExpertRows(torch.autograd.Function):
         grad_b2 = torch.zeros_like(b2) if b2 is not None else None
         seen = set()
         for k, (r0, r1, runs) in enumerate(blocks):
-            # The output's gradient on the block's rows: `[r1 - r0, d_model]`
+            # The output's gradient on the block's rows, unscaled: `[r1 - r0, d_model]`
             g = grad_out.index_select(0, rows[r0:r1])
-            # The gates' gradient, $g_k \cdot u_k$ for each kept row
-            grad_scale[r0:r1] = torch.linalg.vecdot(g, outputs[k])
-            # Through the gate: the gradient of $u$, $s_k g_k$
-            g.mul_(scale[r0:r1, None])
             # $W_2 g$, each expert on its own rows: `[r1 - r0, d_ff]`
             ga = g.new_empty(r1 - r0, w2.shape[1])
             for e, a, b in runs:
@@ -539,7 +532,13 @@ class ExpertRows(torch.autograd.Function):
                     act = activate(h, ctx.activation)
                     if masks:
                         act = act * masks[k] / (1 - p)
-            # Through the activation: `[r1 - r0, d_hidden]`
+            # The gates' gradient, $g \cdot u = (W_2 g) \cdot a + g \cdot b_2$ for each kept row
+            grad_s = torch.linalg.vecdot(ga, act)
+            if b2 is not None:
+                for e, a, b in runs:
+                    grad_s[a - r0:b - r0] += g[a - r0:b - r0] @ b2[e]
+            grad_scale[r0:r1] = grad_s
+            # Through the activation, still without the gate: `[r1 - r0, d_hidden]`
             if relu:
                 # ReLU's own backward kernel: `ga` where `a > 0`, else 0
                 gh = torch.ops.aten.threshold_backward(ga, act, 0)
@@ -547,19 +546,25 @@ class ExpertRows(torch.autograd.Function):
                     gh.div_(1 - p)
             else:
                 (gh,) = torch.autograd.grad(act, h, ga)
-            # The block's input again (cheaper than keeping it)
-            xb = x.index_select(0, rows[r0:r1])
-            dx = xb.new_empty(r1 - r0, x.shape[1])
+            # The gate $s$ multiplies each row's gradient. Rather than scale the wide
+            # `gh`, we scale the narrow `[r1 - r0, d_model]` tensors it meets:
+            # $W_2$'s gradient $a^\top (s g)$, $W_1$'s $(s x)^\top g_h$, the input's $s\,(g_h W_1^\top)$
+            s = scale[r0:r1, None]
+            g.mul_(s)
+            # The block's input again (cheaper than keeping it), scaled
+            xs = x.index_select(0, rows[r0:r1]).mul_(s)
+            dx = xs.new_empty(r1 - r0, x.shape[1])
             for e, a, b in runs:
                 first = e not in seen
                 seen.add(e)
                 ra, rb = a - r0, b - r0
                 _mm_into(grad_w2[e], act[ra:rb].detach().t(), g[ra:rb], first)
-                _mm_into(grad_w1[e], xb[ra:rb].t(), gh[ra:rb], first)
+                _mm_into(grad_w1[e], xs[ra:rb].t(), gh[ra:rb], first)
                 if b2 is not None:
                     grad_b2[e] += g[ra:rb].sum(0)
-                    grad_b1[e] += gh[ra:rb].sum(0)
+                    grad_b1[e] += gh[ra:rb].t() @ s[ra:rb, 0]
                 torch.mm(gh[ra:rb], w1[e].t(), out=dx[ra:rb])
+            dx.mul_(s)
             grad_x.index_copy_(0, rows[r0:r1], dx)
         need = ctx.needs_input_grad
         return (grad_x if need[0] else None, None, grad_scale if need[2] else None, grad_w1 if need[3] else None,
