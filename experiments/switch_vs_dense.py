@@ -296,7 +296,8 @@ def main():
     parser.add_argument('--out', type=Path, default=REPO / 'experiments' / 'results')
     parser.add_argument('--jobs', type=int, default=1, help='runs at a time (each on one thread)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads per run')
-    parser.add_argument('--plot-only', action='store_true', help='redraw the plots from the saved JSON')
+    parser.add_argument('--plot-only', action='store_true', help='redraw the plots from the saved JSON (or, for a '
+                        'study stopped before its end, from the runs it finished)')
     parser.add_argument('--name', default='switch_vs_dense', help='results go to NAME.json (and NAME_*.png unless '
                         'it is the default name)')
     parser.add_argument('--plots', type=lambda s: tuple(s.split(',')),
@@ -349,6 +350,16 @@ def main():
             'runs': runs,
         }
         results['summary'] = summarise(runs)
+        path.write_text(json.dumps(results, indent=1) + '\n')
+    elif (args.out / f'{args.name}_runs').is_dir() and not path.exists():
+        # A study stopped before its end: summarise the runs it finished
+        runs = [json.loads(f.read_text()) for f in sorted((args.out / f'{args.name}_runs').glob('*.json'))]
+        runs.sort(key=lambda r: (r['seed'], r['model'] != 'dense', r['n_experts']))
+        results = {'config': {'preset': args.preset, 'steps': args.steps, 'eval_interval': args.eval_interval,
+                              'seeds': sorted({r['seed'] for r in runs}),
+                              'experts': sorted({r['n_experts'] for r in runs} - {0}), 'threads': args.threads,
+                              'finished_runs_only': True},
+                   'runs': runs, 'summary': summarise(runs)}
         path.write_text(json.dumps(results, indent=1) + '\n')
     results = json.loads(path.read_text())
     plot(results, args.out, prefix=prefix, which=args.plots)
