@@ -21,7 +21,7 @@ batches (8,192 characters) of the held-out 10% each time, with `model.eval()`.
     python experiments/switch_vs_dense.py --preset labml --name labml_sweep --steps 2000 \
         --eval-interval 200 --experts 1,2,4,8,16,32 --jobs 2 --plots valid_loss,experts_sweep
 
-Results: `experiments/results/switch_vs_dense.json`, and the plots
+Results: `experiments/results/switch_vs_dense.json` (its table in `.md` beside it), and the plots
 `valid_loss.png`, `experts_sweep.png` and `utilisation.png` beside it. Each finished
 run is also written at once to `NAME_runs/`, and a study started again with the same
 name skips the runs found there: an interrupted study loses at most the runs under way.
@@ -363,7 +363,10 @@ def main():
         path.write_text(json.dumps(results, indent=1) + '\n')
     results = json.loads(path.read_text())
     plot(results, args.out, prefix=prefix, which=args.plots)
-    print(markdown_table(results['summary']))
+    table = markdown_table(results['summary'])
+    # The table also goes beside the JSON, for the Results page to include
+    path.with_suffix('.md').write_text(table + '\n')
+    print(table)
 
 
 if __name__ == '__main__':
