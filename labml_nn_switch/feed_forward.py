@@ -309,6 +309,10 @@ class Experts(nn.Module):
         # the next (see `reusable_gradient`); not part of the state
         self.gradient_memory: dict[str, torch.Tensor] = {}
 
+    def __getstate__(self):
+        # Pickled (`torch.save(model)`, `copy.deepcopy`) without the kept gradient memory
+        return {**super().__getstate__(), "gradient_memory": {}}
+
     def supports_grouped(self, x: torch.Tensor) -> bool:
         """Whether `forward_grouped` can run on `x` (see `grouped_mm_supported`)."""
         return grouped_mm_supported(x, self.d_hidden, self.d_ff)

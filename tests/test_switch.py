@@ -1,6 +1,7 @@
 """The Switch layer against an independent, obvious per-expert loop, and its documented rules."""
 
 import dataclasses
+import io
 import math
 
 import pytest
@@ -621,3 +622,15 @@ def test_weight_gradient_memory_is_reused_only_when_nobody_holds_it():
     # Accumulating over two backward passes (`.grad` kept) adds up, never aliases
     step(xs[3])
     torch.testing.assert_close(w1.grad, expected_w1_grad(xs[2]) + expected_w1_grad(xs[3]), atol=2e-5, rtol=2e-5)
+
+
+def test_kept_gradient_memory_is_not_pickled():
+    ff = make_layer(dtype=torch.float32, n_experts=4, d_ff=64)
+    out, _ = ff(torch.randn(16, 2, 8))
+    out.sum().backward()
+    assert set(ff.experts.gradient_memory) == {"w1", "w2"}
+    buffer = io.BytesIO()
+    torch.save(ff, buffer)
+    copy = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    assert copy.experts.gradient_memory == {}
+    assert all(torch.equal(a, b) for a, b in zip(ff.state_dict().values(), copy.state_dict().values()))
