@@ -15,9 +15,13 @@ that the machine's load hits all alike, each load in a fresh browser context
 (empty cache, a first visit), then as often again in one context per candidate
 (cached files, as the next page of a visit). A script injected before the
 page's own polls every animation frame and records `performance.now()`
-(milliseconds since navigation start) when every formula holds typeset output
-(`.katex`, or MathJax's `mjx-container`), so the figure means the same for any
-renderer, in the page or at build time. We print the median and the spread
+(milliseconds since navigation start) when every formula is visibly
+typeset: each holds typeset output (`.katex`, or MathJax's `mjx-container`),
+KaTeX's stylesheet is applied, and, after the page is laid out, the document
+has no font still loading and KaTeX's main font is loaded. So the figure
+means the same for any renderer, in the page or at build time (formulas
+typeset at build time are in the page's HTML from the start; they are shown
+once the stylesheet and fonts are in). We print the median and the spread
 (min, max) of that time, of the `load` event, and the ratio of medians to the
 first candidate. On a busy machine wall time includes the time the page waited
 for a core: `--cpu` traces each load and adds the CPU time the page's main
@@ -45,13 +49,22 @@ sys.path.insert(0, str(ROOT / "tests"))
 from site_fixtures import CHROMIUM_ARGS, chromium_executable, mkdocs_build, serve  # noqa: E402
 
 # Runs before the page's scripts: record the first frame at which all math
-# (as many formulas as the page's HTML holds) is typeset.
+# (as many formulas as the page's HTML holds) is typeset and shown: KaTeX's
+# stylesheet applied (its font family on `.katex`) and, once layout has asked
+# for the fonts the formulas use (`offsetWidth` forces it), none loading.
 PROBE = """
 (count => {
+  const shown = () => {
+    const katex = document.querySelector('.arithmatex .katex');
+    if (!katex) return true;  // another renderer (MathJax brings its own fonts)
+    if (!getComputedStyle(katex).fontFamily.includes('KaTeX_Main')) return false;
+    katex.offsetWidth;
+    return document.fonts.status === 'loaded' && document.fonts.check('1em KaTeX_Main');
+  };
   const poll = () => {
     const typeset = [...document.querySelectorAll('.arithmatex')]
       .filter(e => e.querySelector('.katex, mjx-container')).length;
-    if (typeset >= count) { window.__mathTypeset = performance.now(); return; }
+    if (typeset >= count && shown()) { window.__mathTypeset = performance.now(); return; }
     requestAnimationFrame(poll);
   };
   requestAnimationFrame(poll);

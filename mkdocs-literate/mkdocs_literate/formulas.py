@@ -1,36 +1,67 @@
 r"""
 ---
-title: "Formulas: typeset by KaTeX, readable in search"
+title: "Formulas: typeset by KaTeX at build time, readable in search"
 summary: >
-  How the literate generator prepares the formulas of every page: TeX for
-  KaTeX in the browser, readable Unicode text for the search index.
+  How the literate generator typesets the formulas of every page: KaTeX runs
+  inside the build, the page holds finished HTML, and the search index gets
+  readable Unicode text.
 ---
 
 # Formulas
 
 `pymdownx.arithmatex` (in its `generic` mode) leaves each formula in the page
 as TeX between `\(...\)` (inline) or `\[...\]` (display), in an element of
-class `arithmatex`. Two readers see that element:
+class `arithmatex`. Two readers need something else than that TeX:
 
-* the browser, where [KaTeX](https://katex.org) typesets it, one synchronous
-  call per formula, as soon as the page's HTML is there: the 86 formulas of
-  this site's biggest page take some 30 ms of the main thread, and the page
-  is typeset with about a third of the main thread's work that MathJax,
-  which we used before, needed (`experiments/bench_site_math.py` measures it);
+* the reader of the page, who should see typeset math;
 * the search index, which takes the page's text: raw TeX there makes search
   results hard to read (`\alpha N \sum_i f_i P_i`).
 
-So, after Markdown, `prepare` rewrites every formula: its TeX moves into the
-element's `data-tex` attribute (and `data-display` marks display math), where
-the script `assets/literate.js` reads it, on every page load including the
-theme's instant navigation; and its text becomes a readable Unicode
-approximation, made by [pylatexenc](https://pylatexenc.readthedocs.io)
-(`\alpha_i` → `α_i`, `\frac{a}{b}` → `a/b`), which search indexes and a
-reader without JavaScript sees.
+**Typeset at build time.** [KaTeX](https://katex.org) turns TeX into HTML and
+CSS, with one synchronous call per formula. It could do so in the reader's
+browser, and did here before: a script loaded KaTeX (some 270 kB) and
+typeset the page once its HTML was there. But then every visit pays for it:
+on this machine the 86 formulas of the site's biggest page were typeset about
+0.8 s after a first visit began (`experiments/bench_site_math.py`). The
+result is the same for every reader, so we compute it once: the build runs
+KaTeX's own `katex.min.js` in [V8](https://v8.dev), through the
+[mini-racer](https://pypi.org/project/mini-racer/) bindings, and the page
+holds the finished formulas. It then needs only KaTeX's stylesheet and fonts
+and no script at all for math; it reads the same without JavaScript, and
+the theme's instant navigation has nothing to redo.
 
-KaTeX itself is served from the site (no CDN): `assets/katex/` holds the
-files of the npm package `katex` 0.19.1 that the browser needs,
-`dist/katex.min.js`, `dist/katex.min.css` and the fonts in `woff2` (browsers
+The cost is at build time: starting V8 and loading KaTeX takes some 60 ms,
+once per build (one `Typesetter`, one V8 context); a formula takes about a
+millisecond, and the same formula (same TeX, same mode) is typeset once per
+build, as a site repeats its notation from page to page.
+
+**In two steps, around search.** After Markdown (`on_page_content`),
+`prepare` moves every formula's TeX into the element's `data-tex` attribute
+(and `data-display` marks display math), and gives the element a readable
+Unicode approximation of it as its text, made by
+[pylatexenc](https://pylatexenc.readthedocs.io) (`\alpha_i` → `α_i`,
+`\frac{a}{b}` → `a/b`). That page content is what the search index reads.
+Only when the whole page is written (`on_post_page`, after search has taken
+its text) does `typeset` replace each of those elements' text with KaTeX's
+HTML; so the index never sees TeX, nor the MathML and HTML copies of each
+formula that KaTeX writes (the MathML, read by screen readers, keeps the
+TeX in an `annotation`).
+
+**Errors are not lost.** A formula KaTeX cannot read is shown as its TeX, in
+the error colour, with KaTeX's message in its title (one that only uses a
+command KaTeX does not know is typeset, that command shown as written in the
+error colour); the plugin reports it as
+a build warning naming the source's `path:line` (`line_of` finds the formula
+in the file) and KaTeX's message, so a `--strict` build fails on it.
+
+**Macros.** As in a TeX document, a `\def` or `\newcommand` in one formula
+holds in the formulas after it on the same page (KaTeX's `globalGroup`), and
+on no other page; a formula KaTeX cannot read defines nothing. Neither a
+definition nor the formulas after it on its page go through the cache.
+
+KaTeX is served from the site (no CDN): `assets/katex/` holds the files of
+the npm package `katex` 0.19.1: `dist/katex.min.js`, which the build runs,
+`dist/katex.min.css` and its fonts in `woff2`, which the pages load (browsers
 that read `woff2`, which all current ones do, never ask for the `.woff` and
 `.ttf` files the stylesheet also names), with KaTeX's MIT licence. To update
 it, replace those files with a newer release's.
@@ -39,14 +70,16 @@ it, replace those files with a newer release's.
 from __future__ import annotations
 
 import html
+import json
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 from pylatexenc.latex2text import LatexNodes2Text
 
-# Where our KaTeX files are in the built site, relative to its root, in the
-# order the page loads them (the stylesheet, then the script).
+# Where KaTeX is: in this package, and in the built site, relative to its root.
+KATEX_DIR = Path(__file__).parent / "assets" / "katex"
 KATEX_CSS = "katex/katex.min.css"
-KATEX_JS = "katex/katex.min.js"
 
 # A formula as arithmatex writes it. Its TeX is HTML-escaped, so it cannot
 # contain the closing tag.
@@ -66,6 +99,7 @@ def readable(tex: str) -> str:
     return " ".join(text.split())
 
 
+# ## Step 1, after Markdown: TeX aside, text for search
 def prepare(page_html: str) -> str:
     """The page with every arithmatex formula moved to `data-tex`, its text made readable."""
 
@@ -81,3 +115,116 @@ def prepare(page_html: str) -> str:
                 f"{html.escape(readable(tex), quote=False)}</{tag}>")
 
     return _FORMULA.sub(rewrite, page_html)
+
+
+# ## KaTeX in V8
+#
+# The function the build calls, defined in V8 next to KaTeX. `fresh` starts
+# a page: its macros are forgotten. It returns, as JSON, KaTeX's HTML, the
+# parse error's message (or `null`) and how many macros the page has
+# defined so far. A formula KaTeX cannot read is typeset a second time with
+# `throwOnError: false`, which shows its TeX in the error colour (or, for an
+# unknown command, the formula with that command in the error colour). `strict:
+# "ignore"`: notes as labml_nn writes them put Unicode letters in math, which
+# KaTeX reads but would warn about.
+_RENDER = """
+var literateMacros = {};
+function literateRender(tex, display, fresh) {
+  if (fresh) literateMacros = {};
+  var options = {displayMode: display, throwOnError: true, strict: "ignore",
+                 macros: literateMacros, globalGroup: true};
+  var before = Object.assign({}, literateMacros);
+  function restore() {
+    for (var name in literateMacros) delete literateMacros[name];
+    Object.assign(literateMacros, before);
+  }
+  try {
+    return JSON.stringify([katex.renderToString(tex, options), null, Object.keys(literateMacros).length]);
+  } catch (e) {
+    if (!(e instanceof katex.ParseError)) throw e;
+    // A formula that fails defines nothing.
+    restore();
+    options.throwOnError = false;
+    var shown = katex.renderToString(tex, options);
+    restore();
+    return JSON.stringify([shown, e.message, Object.keys(literateMacros).length]);
+  }
+}
+"""
+
+
+class Typesetter:
+    """KaTeX for one build: one V8 context, started at the first formula, and a cache."""
+
+    def __init__(self):
+        self._v8 = None
+        self.cache: dict[tuple[str, bool], str] = {}
+        # Whether the next call starts a page, and whether the page so far
+        # has defined a macro (then nothing on it comes from the cache).
+        self._fresh = True
+        self._macros = False
+
+    def start_page(self):
+        self._fresh, self._macros = True, False
+
+    def render(self, tex: str, display: bool) -> tuple[str, str | None]:
+        """KaTeX's HTML for a formula, and KaTeX's message if it cannot read it."""
+        key = (tex, display)
+        if not self._macros and key in self.cache:
+            return self.cache[key], None
+        if self._v8 is None:
+            from py_mini_racer import MiniRacer
+            self._v8 = MiniRacer()
+            self._v8.eval((KATEX_DIR / "katex.min.js").read_text(encoding="utf-8"))
+            self._v8.eval(_RENDER)
+        # (`call` passes the arguments as JSON and holds no handle on a JS
+        # object: V8 objects kept alive in Python would delay its exit.)
+        shown, error, macros = json.loads(self._v8.call("literateRender", tex, display, self._fresh))
+        if error is not None:
+            # KaTeX underlines the offending TeX with combining characters,
+            # which a terminal shows poorly.
+            error = error.replace("\u0332", "")
+        self._fresh = False
+        self._macros = macros > 0
+        if error is None and not self._macros:
+            self.cache[key] = shown
+        return shown, error
+
+    def close(self):
+        if self._v8 is not None:
+            self._v8.close()
+            self._v8 = None
+        self.cache.clear()
+
+
+# ## Step 2, the page written: typeset
+_PREPARED = re.compile(r'<(span|div) class="arithmatex" data-tex="([^"]*)"( data-display)?>.*?</\1>', re.S)
+
+
+def typeset(page_html: str, typesetter: Typesetter,
+            on_error: Callable[[str, str], None] | None = None) -> str:
+    """
+    The page with every prepared formula typeset by KaTeX. For a formula KaTeX
+    cannot read, `on_error(tex, message)` is called; the page shows its TeX.
+    """
+    typesetter.start_page()
+
+    def rewrite(match: re.Match) -> str:
+        tag, tex, display = match.groups()
+        tex = html.unescape(tex)
+        shown, error = typesetter.render(tex, bool(display))
+        if error is not None and on_error is not None:
+            on_error(tex, error)
+        return f'<{tag} class="arithmatex">{shown}</{tag}>'
+
+    return _PREPARED.sub(rewrite, page_html)
+
+
+def line_of(tex: str, text: str) -> int | None:
+    """
+    The line of `text` (a source file) where the formula `tex` starts, or
+    `None`. Its lines may be indented and, in comments, start with `#`.
+    """
+    lines = [re.escape(line.strip()) for line in tex.strip().split("\n")]
+    found = re.search(r"[ \t]*\n[ \t]*(?:#[ \t]?)?[ \t]*".join(lines), text)
+    return text.count("\n", 0, found.start()) + 1 if found else None
