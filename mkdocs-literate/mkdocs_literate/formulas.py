@@ -19,21 +19,26 @@ class `arithmatex`. Two readers need something else than that TeX:
 
 **Typeset at build time.** [KaTeX](https://katex.org) turns TeX into HTML and
 CSS, with one synchronous call per formula. It could do so in the reader's
-browser, and did here before: a script loaded KaTeX (some 270 kB) and
-typeset the page once its HTML was there. But then every visit pays for it:
-on this machine the 86 formulas of the site's biggest page were typeset about
-0.8 s after a first visit began (`experiments/bench_site_math.py`). The
-result is the same for every reader, so we compute it once: the build runs
-KaTeX's own `katex.min.js` in [V8](https://v8.dev), through the
+browser, and did here before: a script (KaTeX, 273 kB) typeset the page once
+its HTML was there. The typesetting itself was quick, but every visit paid
+for the script; until it ran, the reader saw the formulas as text, then the
+page reflowed; without JavaScript they stayed text; and the theme's instant
+navigation had to call it again for each new page. The result is the same
+for every reader, so we compute it once: the build runs KaTeX's own
+`katex.min.js` in [V8](https://v8.dev), through the
 [mini-racer](https://pypi.org/project/mini-racer/) bindings, and the page
-holds the finished formulas. It then needs only KaTeX's stylesheet and fonts
-and no script at all for math; it reads the same without JavaScript, and
-the theme's instant navigation has nothing to redo.
+holds the finished formulas. It needs only KaTeX's stylesheet and fonts and
+no script at all for math; each formula is typeset as soon as the browser
+lays out its part of the page, the first screen's with the first paint. What
+remains of the time until a long page is shown whole is the page's own: its
+HTML (KaTeX's markup makes it larger) and the theme's script
+(`experiments/bench_site_math.py` measures it).
 
 The cost is at build time: starting V8 and loading KaTeX takes some 60 ms,
-once per build (one `Typesetter`, one V8 context); a formula takes about a
+once per build (one `Typesetter`, one V8 context); a formula takes under a
 millisecond, and the same formula (same TeX, same mode) is typeset once per
-build, as a site repeats its notation from page to page.
+build, as a site repeats its notation from page to page. labml_nn's 3,204
+formulas add some 1.6 s to its build of 7 s.
 
 **In two steps, around search.** After Markdown (`on_page_content`),
 `prepare` moves every formula's TeX into the element's `data-tex` attribute
@@ -75,6 +80,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from py_mini_racer import MiniRacer
 from pylatexenc.latex2text import LatexNodes2Text
 
 # Where KaTeX is: in this package, and in the built site, relative to its root.
@@ -173,7 +179,6 @@ class Typesetter:
         if not self._macros and key in self.cache:
             return self.cache[key], None
         if self._v8 is None:
-            from py_mini_racer import MiniRacer
             self._v8 = MiniRacer()
             self._v8.eval((KATEX_DIR / "katex.min.js").read_text(encoding="utf-8"))
             self._v8.eval(_RENDER)
