@@ -190,7 +190,8 @@ def test_katex_typesets_every_formula(watched, path):
 
 # The page's own HTML holds the typeset formulas: without JavaScript, every
 # formula is there, laid out (KaTeX's stylesheet and fonts loaded, no glyph
-# without width), and nothing of KaTeX's script is asked for.
+# without width), nothing of KaTeX's script is asked for, and the fonts the
+# page preloads are those its formulas use.
 def test_formulas_are_typeset_without_javascript(browser, base_url):
     w = Watched(browser, base_url, DESKTOP, java_script_enabled=False)
     try:
@@ -206,6 +207,11 @@ def test_formulas_are_typeset_without_javascript(browser, base_url):
         assert "\\frac" not in prose and "\\(" not in prose
         assert not [u for u in w.requests if u.endswith(".js") and ("katex" in u or "literate" in u)]
         assert any(u.endswith("katex.min.css") for u in w.requests)
+        # The head asks early for exactly the fonts the formulas use.
+        preloaded = w.page.evaluate("[...document.querySelectorAll('link[rel=preload][as=font]')]"
+                                    ".map(l => l.href.split('/').pop())")
+        fonts = {u.rsplit("/", 1)[-1] for u in w.requests if "/katex/fonts/" in u}
+        assert len(preloaded) >= 3 and sorted(preloaded) == sorted(fonts)
         w.screenshot("math-without-javascript")
         w.assert_clean()
     finally:

@@ -20,7 +20,7 @@ one small job in each.
 | `on_page_markdown` | remember which page is being rendered (for links to modules); its edit link; translate a hand-written page |
 | `on_pre_build` | start a build's KaTeX (see [formulas.py](formulas.py)) |
 | `on_page_content` | put the highlighted, linked code into the rendered page; formulas' text for search |
-| `on_post_page` | typeset the written page's formulas with KaTeX |
+| `on_post_page` | typeset the written page's formulas with KaTeX; preload the fonts they use |
 | `on_post_build` | copy our CSS and JavaScript and KaTeX's stylesheet and fonts into the site |
 | `on_serve` | make `mkdocs serve` watch the source files |
 
@@ -412,7 +412,8 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
     # Search has taken the page's text; now typeset its formulas. One that
     # KaTeX cannot read is a warning (which fails a strict build) naming
     # where it is written: the source file, the hand-written page, or else
-    # the catalogue its translation comes from.
+    # the catalogue its translation comes from. The page's head then asks
+    # early for the KaTeX fonts its formulas use.
     def on_post_page(self, output, *, page, config):
         if self.typesetter is None:
             return output
@@ -420,7 +421,11 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
         def error(tex, message):
             log.warning(f"{self._formula_place(page, tex)}: formula not typeset: {message}")
 
-        return formulas.typeset(output, self.typesetter, error)
+        output = formulas.typeset(output, self.typesetter, error)
+        preload = "".join(
+            f'<link rel="preload" href="{get_relative_url(f"{ASSETS}/katex/fonts/{font}", page.url)}" '
+            f'as="font" type="font/woff2" crossorigin>' for font in formulas.fonts(output))
+        return output.replace("</head>", preload + "</head>", 1)
 
     def _formula_place(self, page, tex: str) -> str:
         source = self.by_uri.get(page.file.src_uri)

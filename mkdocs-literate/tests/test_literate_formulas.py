@@ -13,7 +13,7 @@ import markdown
 
 import pytest
 
-from mkdocs_literate.formulas import Typesetter, line_of, prepare, readable, typeset
+from mkdocs_literate.formulas import Typesetter, fonts, line_of, prepare, readable, typeset
 
 
 def arithmatex(text: str) -> str:
@@ -158,3 +158,15 @@ def test_line_of_finds_a_formula_in_its_source(tex, line):
         '    """$\\frac{a}{b}$"""\n'
     )
     assert line_of(tex, source) == line
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("$x + 1$", ["Main-Regular", "Math-Italic"]),
+    ("$1 + 2$", ["Main-Regular"]),
+    ("$\\mathbb{R}^n$ and $\\mathcal{L}$", ["AMS-Regular", "Caligraphic-Regular", "Main-Regular", "Math-Italic"]),
+    ("$$\n\\sum_i \\Big( a \\Big)\n$$\n", ["Main-Regular", "Math-Italic", "Size2-Regular"]),
+    ("$\\sum_i a$ and $\\mathbf{W}$", ["Main-Bold", "Main-Regular", "Math-Italic", "Size1-Regular"]),
+    ("No math.", []),
+])
+def test_fonts_a_page_uses(katex, source, expected):
+    assert fonts(typeset_page(source, katex)) == [f"KaTeX_{font}.woff2" for font in expected]
