@@ -411,9 +411,10 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
     #
     # Search has taken the page's text; now typeset its formulas. One that
     # KaTeX cannot read is a warning (which fails a strict build) naming
-    # where it is written: the source file, the hand-written page, or else
-    # the catalogue its translation comes from. The page's head then asks
-    # early for the KaTeX fonts its formulas use.
+    # where it is written: `path:line` of the source file or hand-written
+    # page (a translation keeps its English formulas, so they are found
+    # there too). The page's head then asks early for the KaTeX fonts its
+    # formulas use.
     def on_post_page(self, output, *, page, config):
         if self.typesetter is None:
             return output
@@ -430,21 +431,13 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
     def _formula_place(self, page, tex: str) -> str:
         source = self.by_uri.get(page.file.src_uri)
         if source is not None:
-            places = [(source.rel_path, self.texts[source.module])]
+            path, text = source.rel_path, self.texts[source.module]
         else:
-            path = Path(page.file.abs_src_path or ".")
-            rel = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else page.file.src_uri
-            places = [(rel, page.file.content_string)]
-        if self.translator:
-            catalogue = self.translator.catalogue(places[0][0]).path
-            if catalogue.is_file():
-                where = catalogue.relative_to(self.root) if catalogue.is_relative_to(self.root) else catalogue
-                places.append((Path(where).as_posix(), catalogue.read_text(encoding="utf-8")))
-        for path, text in places:
-            line = formulas.line_of(tex, text)
-            if line is not None:
-                return f"{path}:{line}"
-        return places[0][0]
+            file = Path(page.file.abs_src_path or ".")
+            path = file.relative_to(self.root).as_posix() if file.is_relative_to(self.root) else page.file.src_uri
+            text = page.file.content_string
+        line = formulas.line_of(tex, text)
+        return path if line is None else f"{path}:{line}"
 
     # ## on_post_build
     #
