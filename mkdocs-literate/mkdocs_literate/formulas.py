@@ -38,7 +38,7 @@ The cost is at build time: starting V8 and loading KaTeX takes some 60 ms,
 once per build (one `Typesetter`, one V8 context); a formula takes under a
 millisecond, and the same formula (same TeX, same mode) is typeset once per
 build, as a site repeats its notation from page to page. labml_nn's 3,204
-formulas add some 1.6 s to its build of 7 s.
+formulas add some 2 s to its build of 7 s.
 
 **In two steps, around search.** After Markdown (`on_page_content`),
 `prepare` moves every formula's TeX into the element's `data-tex` attribute
