@@ -17,11 +17,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 DESKTOP = {"width": 1400, "height": 900}
 
-# Every formula is typeset: each arithmatex element holds the typesetter's
-# output (KaTeX's `.katex`, or MathJax's `mjx-container`).
+# Every formula is typeset: each arithmatex element holds KaTeX's output,
+# written into the translated page when the site was built.
 MATH_DONE = """() => {
   const all = [...document.querySelectorAll('.arithmatex')];
-  return all.length > 0 && all.every(e => e.querySelector('.katex, mjx-container'));
+  return all.length > 0 && all.every(e => e.querySelector('.katex'));
 }"""
 
 

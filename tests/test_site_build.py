@@ -1,7 +1,8 @@
 """
 The site as a whole: the repository's site builds with `mkdocs build --strict`,
 has a page per module, links and anchors that resolve, search over notes and
-code (formulas as readable text, not TeX), KaTeX served from the site, and
+code (formulas as readable text, not TeX), formulas typeset at build time
+with KaTeX's stylesheet served from the site, and
 nothing loaded from elsewhere. (The plugin's errors and options are tested
 on small fixture projects in mkdocs-literate/tests.)
 """
@@ -102,6 +103,9 @@ def test_search_index_has_formulas_as_text_not_tex():
     assert "∑" in text and "α" in text
     for tex in ("\\(", "\\[", "\\frac", "\\sum", "\\alpha", "\\text{", "\\begin{", "$$"):
         assert tex not in text, (tex, text[max(0, text.find(tex) - 100):text.find(tex) + 100])
+    # nor KaTeX's MathML and HTML copies of each formula (the pages have them).
+    for typeset in ("katex", "mathml", "annotation", "mfrac", "<math", "<mi>"):
+        assert typeset not in text.lower(), typeset
 
 
 def test_no_external_resources_and_katex_from_the_site():
@@ -119,15 +123,22 @@ def test_no_external_resources_and_katex_from_the_site():
             assert host not in text, (page, host)
     for css in site.rglob("*.css"):
         assert not re.search(r"url\(\s*['\"]?(https?:)?//", css.read_text()), css
+    # KaTeX's stylesheet and every font it names in woff2 are there; its
+    # script is not: formulas are typeset when the site is built.
     katex = site / "assets" / "literate" / "katex"
-    assert (katex / "katex.min.js").is_file()
-    # Every font the stylesheet names in woff2 is there.
     fonts = re.findall(r"url\((fonts/[^)]+\.woff2)\)", (katex / "katex.min.css").read_text())
     assert len(fonts) > 10 and all((katex / font).is_file() for font in fonts)
+    assert not (katex / "katex.min.js").exists()
     switch = (site / "labml_nn_switch" / "switch" / "index.html").read_text()
-    assert 'class="arithmatex" data-tex=' in switch
     assert "assets/literate/katex/katex.min.css" in switch
-    assert switch.index("assets/literate/katex/katex.min.js") < switch.index("assets/literate/literate.js")
+    scripts = [url for tag, url in parse_page(site / "labml_nn_switch" / "switch" / "index.html").resources
+               if tag == "script"]
+    assert scripts and not [url for url in scripts if "katex" in url or "literate.js" in url]
+    # Every formula of the page is KaTeX's HTML, its TeX kept only in the MathML.
+    n_math = switch.count('class="arithmatex"')
+    assert n_math > 50 and "data-tex" not in switch
+    assert len(re.findall(r'class="arithmatex"><span class="katex', switch)) == n_math
+    assert switch.count('<annotation encoding="application/x-tex">') == n_math
 
 
 def test_literate_pages_carry_title_and_description():

@@ -19,13 +19,13 @@ generator, an [mkdocs](https://www.mkdocs.org) plugin of four small parts:
 * [render.py](render.py) turns sections into a page: notes as Markdown,
   code highlighted with line numbers, names linked to their definitions,
   breadcrumbs and a package's list of modules;
-* [formulas.py](formulas.py) gets formulas ready for KaTeX, which typesets
-  them in the browser, and gives search their text;
+* [formulas.py](formulas.py) typesets formulas with KaTeX when the site is
+  built, and gives search their text;
 * [catalogue.py](catalogue.py) and [translate.py](translate.py) render
   the pages in another language from translation catalogues that know when
   the English has changed since, with a command for translators;
 * [plugin.py](plugin.py) wires it into mkdocs: pages, navigation, assets,
-  KaTeX and `mkdocs serve`; its options are in [config.py](config.py).
+  formulas and `mkdocs serve`; its options are in [config.py](config.py).
 
 To use it on your own code, install this package and add to `mkdocs.yml`:
 

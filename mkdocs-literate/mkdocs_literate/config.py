@@ -68,8 +68,9 @@ class LiterateConfig(base.Config):
     line_url = c.Optional(c.Type(str))
     branch = c.Type(str, default="main")
     # Typeset the formulas of `pymdownx.arithmatex` (generic mode) with
-    # KaTeX, served from the site itself, and give search their text in
-    # readable Unicode (see formulas.py).
+    # KaTeX at build time, its stylesheet and fonts served from the site
+    # itself, and give search their text in readable Unicode (see
+    # formulas.py).
     math = c.Type(bool, default=True)
     # Build the site in another language (`zh`): the notes of every page come
     # from the catalogues in `translations/<language>/` (see

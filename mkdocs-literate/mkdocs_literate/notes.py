@@ -27,12 +27,12 @@ paragraph: a line of text, the `$$` lines, a line of text; or
 `$$...$$` within a line. `pymdownx.arithmatex` only takes `$$` blocks that are
 paragraphs of their own, and would leave the `$` signs in the text. Here
 they become display math in place, in arithmatex's own markup
-(`<span class="arithmatex">\[...\]</span>`), so MathJax typesets them as
+(`<span class="arithmatex">\[...\]</span>`), so KaTeX typesets them as
 display formulas and the paragraph around them stays whole.
 
 **A space before the closing `$`.** arithmatex takes `$x$` but not `$x $`
-(a rule that keeps prices like "$5 and $6" out of math); MathJax itself, for
-which these notes were written, takes both. So `$` followed by a non-space,
+(a rule that keeps prices like "$5 and $6" out of math); MathJax, for which
+labml_nn's notes were written, takes both. So `$` followed by a non-space,
 text on one line, spaces and a closing `$` not followed by a digit is inline
 math too.
 """
@@ -142,7 +142,7 @@ class _Math(InlineProcessor):
 # the page early). An invisible mark, `SHIELD`, goes between the `&` and the
 # `#`, or after the `<`, so the parser reads plain text; Markdown then escapes
 # the `&` or `<` as it does any other, and `fill_code` takes the mark out of
-# the finished page. The reader, the search index and MathJax see the text as
+# the finished page. The reader, the search index and KaTeX see the text as
 # typed. Real markup in prose (tags, comments) is left alone.
 SHIELD = "\ue000"
 _BAD_REFERENCE = re.compile(r"&#(?![0-9]+;?|[xX][0-9a-fA-F]+;?)")

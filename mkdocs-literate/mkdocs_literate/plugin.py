@@ -18,8 +18,10 @@ one small job in each.
 | `on_config` | find the source files, add our Markdown needs, CSS, JavaScript and template; set up a translation |
 | `on_files` | parse every source file and add its page, in memory, to the site's files, with the images beside it |
 | `on_page_markdown` | remember which page is being rendered (for links to modules); its edit link; translate a hand-written page |
-| `on_page_content` | put the highlighted, linked code into the rendered page; prepare formulas |
-| `on_post_build` | copy our CSS and JavaScript and KaTeX into the site |
+| `on_pre_build` | start a build's KaTeX (see [formulas.py](formulas.py)) |
+| `on_page_content` | put the highlighted, linked code into the rendered page; formulas' text for search |
+| `on_post_page` | typeset the written page's formulas with KaTeX; preload the fonts they use |
+| `on_post_build` | copy our CSS and JavaScript and KaTeX's stylesheet and fonts into the site |
 | `on_serve` | make `mkdocs serve` watch the source files |
 
 The pages are generated on every build and never written to `docs/`. The
@@ -92,12 +94,11 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
         math = "pymdownx.arithmatex" in config.markdown_extensions
         config.markdown_extensions.append(NotesExtension(self, math=math))
 
-        # Our stylesheet and script; KaTeX before the script that uses it.
+        # Our stylesheet, and KaTeX's for formulas typeset at build time
+        # (the pages need no script for math).
         config.extra_css.append(f"{ASSETS}/literate.css")
         if self.config.math:
             config.extra_css.append(f"{ASSETS}/{formulas.KATEX_CSS}")
-            config.extra_javascript.append(f"{ASSETS}/{formulas.KATEX_JS}")
-        config.extra_javascript.append(f"{ASSETS}/literate.js")
 
         # Our one template: mkdocs-material's repository link in the header,
         # without the attribute that makes the theme's script ask GitHub's API
@@ -354,9 +355,16 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
                 log.warning(warning)
             self.translator.warnings.clear()
 
+    # ## on_pre_build
+    #
+    # One KaTeX per build, and its cache of typeset formulas; V8 starts at the
+    # first formula.
+    def on_pre_build(self, *, config):
+        self.typesetter = formulas.Typesetter() if self.config.math else None
+
     # ## on_page_content
     #
-    # On every page, hand-written ones too, formulas get ready for KaTeX and
+    # On every page, hand-written ones too, formulas get their readable text
     # for search ([formulas.py](formulas.py)). On a literate page, the notes
     # are rendered; now the code. Highlight the file once, with every name
     # the linker can resolve turned into a link, and fill each section's
@@ -399,13 +407,56 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
             return fragment or "#"
         return get_relative_url(target.url, page.file.url) + fragment
 
+    # ## on_post_page
+    #
+    # Search has taken the page's text; now typeset its formulas. One that
+    # KaTeX cannot read is a warning (which fails a strict build) naming
+    # where it is written: `path:line` of the source file or hand-written
+    # page (a translation keeps its English formulas, so they are found
+    # there too). The page's head then asks early for the KaTeX fonts its
+    # formulas use.
+    def on_post_page(self, output, *, page, config):
+        if self.typesetter is None:
+            return output
+
+        def error(tex, message):
+            log.warning(f"{self._formula_place(page, tex)}: formula not typeset: {message}")
+
+        output = formulas.typeset(output, self.typesetter, error)
+        preload = "".join(
+            f'<link rel="preload" href="{get_relative_url(f"{ASSETS}/katex/fonts/{font}", page.url)}" '
+            f'as="font" type="font/woff2" crossorigin>' for font in formulas.fonts(output))
+        return output.replace("</head>", preload + "</head>", 1)
+
+    def _formula_place(self, page, tex: str) -> str:
+        source = self.by_uri.get(page.file.src_uri)
+        if source is not None:
+            path, text = source.rel_path, self.texts[source.module]
+        else:
+            file = Path(page.file.abs_src_path or ".")
+            path = file.relative_to(self.root).as_posix() if file.is_relative_to(self.root) else page.file.src_uri
+            text = page.file.content_string
+        line = formulas.line_of(tex, text)
+        return path if line is None else f"{path}:{line}"
+
     # ## on_post_build
     #
-    # Copy our assets, KaTeX among them unless formulas are left alone.
+    # Copy our assets: KaTeX's stylesheet and fonts among them unless formulas
+    # are left alone (its script only runs in the build); stop KaTeX.
     def on_post_build(self, *, config):
         site = Path(config.site_dir)
-        skip = None if self.config.math else shutil.ignore_patterns("katex")
+        skip = (shutil.ignore_patterns("katex.min.js") if self.config.math
+                else shutil.ignore_patterns("katex"))
         shutil.copytree(Path(__file__).parent / "assets", site / ASSETS, dirs_exist_ok=True, ignore=skip)
+        self._stop_katex()
+
+    def on_build_error(self, *, error):
+        self._stop_katex()
+
+    def _stop_katex(self):
+        if getattr(self, "typesetter", None) is not None:
+            self.typesetter.close()
+            self.typesetter = None
 
     # ## on_serve
     #

@@ -184,7 +184,7 @@ def strip_tags(text: str) -> str:
 # ## A literate page, read back
 #
 # What a reader sees of a literate page: the text of the notes column (with
-# images' alt text), the formulas handed to MathJax, the text of the notes
+# images' alt text), the formulas as TeX, the text of the notes
 # outside formulas and code, and the code column as (line number, text) pairs
 # in page order.
 @dataclass
@@ -209,6 +209,9 @@ class _LiterateParser(HTMLParser):
         self.prose: list[str] = []
         self.math: list[str] | None = None
         self.formulas: list[str] = []
+        # Inside a formula typeset by KaTeX: its TeX, and whether it is display math.
+        self.typeset: list[str] | None = None
+        self.display = False
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -219,11 +222,19 @@ class _LiterateParser(HTMLParser):
             self.notes.append(" " + (attrs.get("alt") or "") + " ")
         if tag in _VOID:
             return
-        marks = (classes & _MARKS) | ({tag} & {"code", "pre"})
+        marks = (classes & _MARKS) | ({tag} & {"code", "pre", "annotation"})
         self.stack.append((tag, marks))
         self.open.update(marks)
+        # A formula typeset at build time: its TeX is in the MathML's
+        # `annotation`, or, when KaTeX could not read it, the error's text.
+        if self.math is not None and marks & {"katex", "katex-display", "katex-error"}:
+            if self.typeset is None:
+                self.typeset = []
+            self.display = self.display or "katex-display" in marks
         if "arithmatex" in marks:
             self.math = []
+            self.typeset = None
+            self.display = tag == "div"
             # A formula whose TeX was moved to `data-tex` (its text then is a
             # readable rendering): the TeX is what the notes hold.
             if attrs.get("data-tex") is not None:
@@ -240,6 +251,11 @@ class _LiterateParser(HTMLParser):
             open_tag, marks = self.stack.pop()
             self.open.subtract(marks)
             if "arithmatex" in marks and self.math is not None:
+                if self.typeset is not None:
+                    left, right = ("\\[", "\\]") if self.display else ("\\(", "\\)")
+                    self.math = [left + "".join(self.typeset) + right]
+                    self.notes.append(self.math[0])
+                    self.typeset = None
                 self.formulas.append("".join(self.math))
                 self.math = None
                 self.open["tex-moved"] = 0
@@ -249,6 +265,10 @@ class _LiterateParser(HTMLParser):
     def handle_data(self, data):
         if self.open["tex-moved"]:
             return
+        if self.typeset is not None:
+            if self.open["annotation"] or self.open["katex-error"]:
+                self.typeset.append(data)
+            return
         if self.open["literate-notes"]:
             self.notes.append(data)
             if self.math is not None:
@@ -257,7 +277,7 @@ class _LiterateParser(HTMLParser):
                 self.prose.append(data)
 
 
-_MARKS = {"literate-notes", "arithmatex"}
+_MARKS = {"literate-notes", "arithmatex", "katex", "katex-display", "katex-error"}
 
 
 # The code columns are read with patterns (they are most of a page's tags),
@@ -397,7 +417,7 @@ def check_module(file: Path, page: Path) -> dict:
     missing_words = expected - note_words(rendered.notes_text)
 
     # Formulas, from the notes as the parser gives them: each one reaches
-    # MathJax whole (arithmatex keeps the TeX as text), and no `$` is left
+    # the page whole (typeset, its TeX kept by KaTeX), and no `$` is left
     # in the prose.
     module = parse(text, file.name)
     notes = "\n\n".join(s.notes_markdown for s in module.sections)

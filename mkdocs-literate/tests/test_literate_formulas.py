@@ -1,6 +1,7 @@
 """
-Formulas after Markdown: TeX moved to `data-tex` for KaTeX, text made readable
-for search, for inline and display math as `pymdownx.arithmatex` writes them.
+Formulas after Markdown: TeX moved to `data-tex`, text made readable for
+search, for inline and display math as `pymdownx.arithmatex` writes them; then
+typeset by KaTeX at build time, errors reported, macros kept to their page.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import re
 
 import markdown
 
-from mkdocs_literate.formulas import prepare, readable
+import pytest
+
+from mkdocs_literate.formulas import Typesetter, fonts, line_of, prepare, readable, typeset
 
 
 def arithmatex(text: str) -> str:
@@ -58,3 +61,112 @@ def test_pages_without_math_are_unchanged():
 def test_readable_text_is_one_line_and_falls_back_to_tex():
     assert readable("\\frac{a}{b}\n  + c") == "a/b + c"
     assert readable(r"\unknowncommand{x}") == "x"
+
+
+@pytest.fixture(scope="module")
+def katex():
+    typesetter = Typesetter()
+    yield typesetter
+    typesetter.close()
+
+
+def typeset_page(source: str, typesetter: Typesetter, errors: list | None = None) -> str:
+    return typeset(prepare(arithmatex(source)), typesetter,
+                   None if errors is None else lambda tex, message: errors.append((tex, message)))
+
+
+def annotations(page_html: str) -> list[str]:
+    """The TeX KaTeX keeps in each typeset formula's MathML."""
+    return [html.unescape(t) for t in re.findall(r'<annotation encoding="application/x-tex">(.*?)</annotation>',
+                                                 page_html, re.S)]
+
+
+def test_typeset_at_build_time_inline_and_display(katex):
+    page = typeset_page("Inline $a < b_i$.\n\n$$\n\\frac{1}{N}\n$$\n", katex)
+    assert "data-tex" not in page and "\\(" not in page
+    inline, display = re.findall(r'<(span|div) class="arithmatex">(<span class="katex[^"]*">)', page)
+    assert inline == ("span", '<span class="katex">') and display == ("div", '<span class="katex-display">')
+    assert annotations(page) == ["a < b_i", "\\frac{1}{N}"]
+    # KaTeX's HTML: the fraction's parts are there, laid out.
+    assert 'class="mfrac"' in page and "vlist" in page
+
+
+def test_errors_are_reported_and_show_their_tex(katex):
+    errors = []
+    page = typeset_page("Good $x^2$, bad $\\frac{a$, unknown $\\nosuchmacro{y}$.", katex, errors)
+    assert [tex for tex, _ in errors] == ["\\frac{a", "\\nosuchmacro{y}"]
+    assert all(m.startswith("KaTeX parse error: ") for _, m in errors)
+    assert errors[1][1] == ("KaTeX parse error: Undefined control sequence: \\nosuchmacro at position 1: "
+                            "\\nosuchmacro{y}")
+    # A formula that does not parse shows its TeX; one with an unknown
+    # command, that command as written, both in KaTeX's error colour.
+    shown = re.findall(r'<span class="katex-error" title="([^"]*)"[^>]*>(.*?)</span>', page)
+    assert [html.unescape(tex) for _, tex in shown] == ["\\frac{a"]
+    assert 'style="color:#cc0000;">\\nosuchmacro</span>' in page
+    assert annotations(page) == ["x^2", "\\nosuchmacro{y}"]
+    # Reported again on each page that has it (errors are not cached).
+    again = []
+    typeset_page("Bad $\\frac{a$.", katex, again)
+    assert len(again) == 1
+
+
+def test_same_formula_typeset_once_per_build():
+    typesetter = Typesetter()
+    try:
+        first = typeset_page("$x_1$ and $x_1$\n\n$$x_1$$\n", typesetter)
+        assert sorted(typesetter.cache) == [("x_1", False), ("x_1", True)]
+        # From the cache: the same HTML as a fresh KaTeX gives.
+        typesetter.cache[("x_1", False)] = '<span class="katex">cached</span>'
+        assert typeset_page("$x_1$", typesetter).count("cached") == 1
+    finally:
+        typesetter.close()
+    fresh = Typesetter()
+    try:
+        assert typeset_page("$x_1$ and $x_1$\n\n$$x_1$$\n", fresh) == first
+    finally:
+        fresh.close()
+
+
+def test_macros_hold_on_their_page_only(katex):
+    page = typeset_page("$\\def\\half{\\frac12}$ then $\\half x$ and $\\newcommand{\\RR}{\\mathbb{R}} \\RR$ $\\RR$.", katex)
+    assert "katex-error" not in page and page.count('class="mfrac"') == 1
+    assert ("\\half x", False) not in katex.cache and ("\\RR", False) not in katex.cache
+    assert annotations(page)[-1] == "\\RR" and 'mathvariant="double-struck"' in page
+    # A definition in a formula that fails is not kept.
+    errors = []
+    page = typeset_page("$\\def\\half{\\frac12}$ $\\newcommand{\\two}{2} \\frac{a$ $\\newcommand{\\two}{3}\\two$",
+                        katex, errors)
+    assert [tex for tex, _ in errors] == ["\\newcommand{\\two}{2} \\frac{a"]
+    # On the next page, they are gone.
+    errors = []
+    typeset_page("$\\half x$", katex, errors)
+    assert [tex for tex, _ in errors] == ["\\half x"]
+
+
+@pytest.mark.parametrize("tex, line", [
+    ("a_1", 2),                            # inline, in a docstring
+    ("\\sum_i x_i\n= 1", 6),               # display, in a comment block
+    ("\\frac{a}{b}", 9),                   # indented docstring
+    ("not there", None),
+])
+def test_line_of_finds_a_formula_in_its_source(tex, line):
+    source = (
+        '"""\nFine: $a_1$.\n"""\n'
+        "# Sum:\n#\n"
+        "#   $$\\sum_i x_i\n#   = 1$$\n"
+        "def f():\n"
+        '    """$\\frac{a}{b}$"""\n'
+    )
+    assert line_of(tex, source) == line
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("$x + 1$", ["Main-Regular", "Math-Italic"]),
+    ("$1 + 2$", ["Main-Regular"]),
+    ("$\\mathbb{R}^n$ and $\\mathcal{L}$", ["AMS-Regular", "Caligraphic-Regular", "Main-Regular", "Math-Italic"]),
+    ("$$\n\\sum_i \\Big( a \\Big)\n$$\n", ["Main-Regular", "Math-Italic", "Size2-Regular"]),
+    ("$\\sum_i a$ and $\\mathbf{W}$", ["Main-Bold", "Main-Regular", "Math-Italic", "Size1-Regular"]),
+    ("No math.", []),
+])
+def test_fonts_a_page_uses(katex, source, expected):
+    assert fonts(typeset_page(source, katex)) == [f"KaTeX_{font}.woff2" for font in expected]

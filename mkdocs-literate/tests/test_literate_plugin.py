@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from literate_testing import mkdocs_build, write_project
+from literate_testing import mkdocs_build, read_literate_page, write_project
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +46,39 @@ def test_unparseable_source_names_file_and_line(tmp_path):
     assert result.returncode != 0
     assert "pkg/bad.py:3:" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_formula_katex_cannot_read_is_a_warning_and_shown_as_tex(tmp_path):
+    # Line 4 of the module holds a formula with a brace left open; the
+    # notes before and after it are typeset.
+    bad = '''
+    """
+    Fine: $a_1$.
+
+    Broken: $\\frac{a}{b$ here.
+
+    $$
+    \\sum_i x_i
+    $$
+    """
+    x = 1
+    '''
+    extra = {"pkg/bad.py": bad, "docs/page.md": "# Page\n\nAlso broken:\n$\\left( x$\n"}
+    strict = build(tmp_path, extra=extra)
+    assert strict.returncode != 0
+    log = strict.stdout + strict.stderr
+    assert "pkg/bad.py:4: formula not typeset: KaTeX parse error:" in log
+    assert "docs/page.md:4: formula not typeset: KaTeX parse error:" in log
+    assert "Traceback" not in strict.stderr
+    # Not strict: the build goes on, and the page shows the TeX as written.
+    loose = mkdocs_build(tmp_path / "mkdocs.yml", tmp_path / "loose", strict=False)
+    assert loose.returncode == 0, loose.stdout + loose.stderr
+    page = read_literate_page(tmp_path / "loose" / "pkg" / "bad" / "index.html")
+    assert page.formulas == ["\\(a_1\\)", "\\(\\frac{a}{b\\)", "\\[\\sum_i x_i\\]"]
+    text = (tmp_path / "loose" / "pkg" / "bad" / "index.html").read_text()
+    assert re.search(r'<span class="katex-error" title="ParseError: KaTeX parse error: [^"]+"[^>]*>'
+                     r"\\frac\{a\}\{b</span>", text)
+    assert text.count('class="katex"') == 2
 
 
 @pytest.mark.parametrize("source, name", [

@@ -20,7 +20,7 @@ from mkdocs.utils.meta import get_data
 from mkdocs_literate.render import (
     Linker, code_html, fill_code, highlight_lines, number_digits, page_markdown)
 from mkdocs_literate.sections import parse
-from literate_testing import mkdocs_build, parse_page, resolve_link, strip_tags, write_project
+from literate_testing import mkdocs_build, parse_page, read_literate_page, resolve_link, strip_tags, write_project
 
 
 # ## Notes through the site's own Markdown
@@ -257,9 +257,11 @@ def test_line_numbers_link_to_the_repository(mini_site):
 
 
 def test_tex_survives_in_the_built_page(mini_site):
-    # In the built page, formulas' TeX is in `data-tex` (see test_literate_formulas.py).
+    # The built page holds formulas typeset by KaTeX, which keeps each one's
+    # TeX in its MathML (see test_literate_formulas.py).
     page = (mini_site / "pkg" / "helpers" / "index.html").read_text()
-    texts = [html.unescape(t) for t in re.findall(r'class="arithmatex" data-tex="([^"]*)"', page)]
+    assert "data-tex" not in page and page.count('class="arithmatex"') == page.count('class="katex"')
+    texts = [f[2:-2] for f in read_literate_page(mini_site / "pkg" / "helpers" / "index.html").formulas]
     assert r"\{a_1, b'\}" in texts
     assert "a < b" in texts
     assert any(r"x \\ y_2 = \text{it's}" in t for t in texts)
@@ -283,7 +285,7 @@ def test_breadcrumbs_and_module_list_are_links(site_markdown):
 # ## Display math inside a paragraph, whatever the formula
 #
 # Any one-line formula, written between text lines as
-# `$$` lines or inline as `$$...$$`, reaches MathJax whole as display math,
+# `$$` lines or inline as `$$...$$`, reaches arithmatex whole as display math,
 # and no `$` is left in the text. (Backticks are left out: a code span wins
 # over math, in arithmatex as here.)
 FORMULA = st.text(alphabet=st.sampled_from(list("ab_^*|<>&{}\\ ()=+-'\"#\n")), min_size=1, max_size=30).filter(

@@ -69,7 +69,7 @@ def test_build_makes_a_wheel_and_an_sdist_with_the_assets(dist):
     sdist, = dist.glob("mkdocs_literate-*.tar.gz")
     names = zipfile.ZipFile(wheel).namelist()
     for part in ("mkdocs_literate/plugin.py", "mkdocs_literate/assets/literate.css",
-                 "mkdocs_literate/assets/literate.js"):
+                 "mkdocs_literate/assets/katex/katex.min.js", "mkdocs_literate/assets/katex/katex.min.css"):
         assert part in names
     assert any(n.endswith("entry_points.txt") for n in names)
     with tarfile.open(sdist) as tar:
@@ -101,4 +101,8 @@ def test_wheel_in_a_fresh_venv_without_torch_builds_a_sample_site(dist, tmp_path
     assert "Multiply by" in model.notes_text
     assert [text for _, text in model.code] == [
         "def scale(x, alpha=2.0):", "    return alpha * x"]
-    assert (project / "site" / "assets" / "literate" / "katex" / "katex.min.js").is_file()
+    # Typeset in the build (by the wheel's own KaTeX, in V8): the site has
+    # KaTeX's stylesheet, not its script.
+    assert (project / "site" / "assets" / "literate" / "katex" / "katex.min.css").is_file()
+    assert not (project / "site" / "assets" / "literate" / "katex" / "katex.min.js").exists()
+    assert 'class="katex-display"' in (project / "site" / "sample" / "model" / "index.html").read_text()
