@@ -45,6 +45,7 @@ import xml.etree.ElementTree as etree
 from urllib.parse import urlsplit, urlunsplit
 
 from markdown import Extension
+from markdown.blockprocessors import BlockProcessor
 from markdown.inlinepatterns import InlineProcessor
 from markdown.treeprocessors import Treeprocessor
 from markdown.util import AtomicString
@@ -112,6 +113,22 @@ class _KeptLinks(Treeprocessor):
 # (priority 190), so `$$` in backticks stays code, and before arithmatex's
 # inline math (189.9), which would take the two `$` signs apart.
 DISPLAY_MATH = r"(?<!\\)\$\$(?!\$)(.+?)(?<!\\)\$\$"
+
+
+class _ParagraphOfFormulas(BlockProcessor):
+    """
+    A paragraph that starts with one `$$` formula and goes on after it, as in
+    `$$A$$`, a new line, `where $$B$$`. arithmatex's block rule would take it
+    whole, from the first `$$` to the last, as one formula with `$$` inside;
+    here it stays a paragraph, whose formulas the rule above typesets one by one.
+    """
+
+    def test(self, parent, block):
+        first = re.match(r"\s*" + DISPLAY_MATH, block, re.S)
+        return bool(first) and bool(block[first.end():].strip())
+
+    def run(self, parent, blocks):
+        etree.SubElement(parent, "p").text = blocks.pop(0).strip()
 
 
 INLINE_MATH_SPACED = r"(?<![\\$])\$(?![\s$])((?:\\.|[^\\$\n])+?\s)\$(?![$\d])"
@@ -200,5 +217,7 @@ class NotesExtension(Extension):
         if self.math:
             md.inlinePatterns.register(_Math(DISPLAY_MATH, md, ("\\[", "\\]")),
                                        "literate_display_math", 189.95)
+            # Before arithmatex's block rule (79.9)
+            md.parser.blockprocessors.register(_ParagraphOfFormulas(md.parser), "literate_formula_paragraph", 80)
             md.inlinePatterns.register(_Math(INLINE_MATH_SPACED, md, ("\\(", "\\)")),
                                        "literate_inline_math", 189.8)

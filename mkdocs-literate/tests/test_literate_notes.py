@@ -64,6 +64,9 @@ FILES = {
             Also in docstrings: the layer is
             $$\max(0, x W_1 + b_1) W_2$$
             where $W_1$ is learned.
+
+            $$g(x) = x$$
+            where $$h(x) = 2 x$$
             """
             return x
         ''',
@@ -119,7 +122,8 @@ def test_tex_in_a_plain_docstring_is_shown_as_written(wild):
 def test_display_math_inside_paragraphs(wild):
     page = read_literate_page(wild / "site" / "lit" / "feed_forward" / "index.html")
     display = [tex(f) for f in page.formulas if f.startswith("\\[")]
-    assert display == [r"a = b_1 * c_2", r"d = e", r"f(x) = \max(0, x)", r"\max(0, x W_1 + b_1) W_2"]
+    assert display == [r"a = b_1 * c_2", r"d = e", r"f(x) = \max(0, x)", r"\max(0, x W_1 + b_1) W_2", "g(x) = x",
+                       "h(x) = 2 x"]
     assert "$" not in page.prose
     # The paragraph around them stays one paragraph.
     text = (wild / "site" / "lit" / "feed_forward" / "index.html").read_text()
