@@ -305,12 +305,12 @@ class Experts(nn.Module):
         self.b2 = nn.Parameter(torch.zeros(self.n_experts, d_model)) if bias else None
         # Expert dropout
         self.dropout = nn.Dropout(dropout)
-        # Memory for the weight gradients of the CPU path, kept from one step to
-        # the next (see `reusable_gradient`); not part of the state
+        # Memory the CPU path keeps from one step to the next: the weight gradients
+        # (`reusable_gradient`) and its work space (`work_space`); not part of the state
         self.gradient_memory: dict[str, torch.Tensor] = {}
 
     def __getstate__(self):
-        # Pickled (`torch.save(model)`, `copy.deepcopy`) without the kept gradient memory
+        # Pickled (`torch.save(model)`, `copy.deepcopy`) without the kept memory
         return {**super().__getstate__(), "gradient_memory": {}}
 
     def supports_grouped(self, x: torch.Tensor) -> bool:
@@ -416,6 +416,19 @@ def reusable_gradient(memory: dict[str, torch.Tensor], key: str, like: torch.Ten
     return kept.view(like.shape)
 
 
+def work_space(memory: dict[str, torch.Tensor], key: str, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+    """
+    A `[rows, cols]` tensor for a value that never leaves `ExpertRows` (the
+    gathered rows, the gradients on the way), in memory kept in `memory[key]`
+    and grown when too small: each step reuses the pages the last one touched
+    instead of faulting in fresh ones. Each `key` is one value at a time.
+    """
+    kept = memory.get(key)
+    if kept is None or kept.numel() < rows * cols or kept.dtype != like.dtype or kept.device != like.device:
+        kept = memory[key] = like.new_empty(rows * cols)
+    return kept[:rows * cols].view(rows, cols)
+
+
 # The most elements of a hidden layer computed at once by `ExpertRows`: 16 MiB of
 # float32. Blocks under 32 MiB are reused by the C allocator from one step to
 # the next; a block of 32 MiB or more is fresh memory from the kernel every
@@ -448,7 +461,10 @@ class ExpertRows(torch.autograd.Function):
     the matrix multiplications once per expert in it.
 
     The weight gradients are written into memory kept from the last step when
-    nobody holds it any more (`reusable_gradient`).
+    nobody holds it any more (`reusable_gradient`), and the values that never
+    leave the `Function` into a work space kept likewise (`work_space`): only
+    the output, the hidden layer kept for backward and the input's gradient
+    are new memory at each step.
 
     Written as one autograd `Function` so that backward keeps only what it
     needs: the input $x$ (the caller's tensor, kept anyway), the gates, and the
@@ -476,7 +492,7 @@ class ExpertRows(torch.autograd.Function):
         hidden, masks = [], []
         for r0, r1, runs in blocks:
             # The block's tokens, expert by expert: `[r1 - r0, d_model]`
-            xb = x.index_select(0, rows[r0:r1])
+            xb = torch.index_select(x, 0, rows[r0:r1], out=work_space(memory, "x", r1 - r0, x.shape[1], x))
             # $W_1^\top x + b_1$, each expert on its own rows: `[r1 - r0, d_hidden]`
             h = xb.new_empty(r1 - r0, w1.shape[-1])
             for e, a, b in runs:
@@ -492,7 +508,7 @@ class ExpertRows(torch.autograd.Function):
                 if activation != "relu":
                     masks.append(mask.bool())
             # $u = W_2^\top a + b_2$, each expert on its own rows: `[r1 - r0, d_model]`
-            u = xb.new_empty(r1 - r0, w2.shape[-1])
+            u = work_space(memory, "u", r1 - r0, w2.shape[-1], x)
             for e, a, b in runs:
                 _linear_into(u[a - r0:b - r0], act[a - r0:b - r0], w2[e], None if b2 is None else b2[e])
             # Each row scaled by its gate, into its token's row of the output
@@ -522,9 +538,10 @@ class ExpertRows(torch.autograd.Function):
         seen = set()
         for k, (r0, r1, runs) in enumerate(blocks):
             # The output's gradient on the block's rows, unscaled: `[r1 - r0, d_model]`
-            g = grad_out.index_select(0, rows[r0:r1])
+            g = torch.index_select(grad_out, 0, rows[r0:r1],
+                                   out=work_space(ctx.memory, "g", r1 - r0, grad_out.shape[1], grad_out))
             # $W_2 g$, each expert on its own rows: `[r1 - r0, d_ff]`
-            ga = g.new_empty(r1 - r0, w2.shape[1])
+            ga = work_space(ctx.memory, "ga", r1 - r0, w2.shape[1], grad_out)
             for e, a, b in runs:
                 torch.mm(g[a - r0:b - r0], w2[e].t(), out=ga[a - r0:b - r0])
             if relu:
@@ -537,15 +554,15 @@ class ExpertRows(torch.autograd.Function):
                     if masks:
                         act = act * masks[k] / (1 - p)
             # The gates' gradient, $g \cdot u = (W_2 g) \cdot a + g \cdot b_2$ for each kept row
-            grad_s = torch.linalg.vecdot(ga, act)
+            grad_s = torch.mul(ga, act, out=work_space(ctx.memory, "product", r1 - r0, ga.shape[1], ga)).sum(-1)
             if b2 is not None:
                 for e, a, b in runs:
                     grad_s[a - r0:b - r0] += g[a - r0:b - r0] @ b2[e]
             grad_scale[r0:r1] = grad_s
             # Through the activation, still without the gate: `[r1 - r0, d_hidden]`
             if relu:
-                # ReLU's own backward kernel: `ga` where `a > 0`, else 0
-                gh = torch.ops.aten.threshold_backward(ga, act, 0)
+                # ReLU's own backward kernel, in place: `ga` where `a > 0`, else 0
+                gh = torch.ops.aten.threshold_backward.grad_input(ga, act, 0, grad_input=ga)
                 if p > 0:
                     gh.div_(1 - p)
             else:
@@ -556,8 +573,8 @@ class ExpertRows(torch.autograd.Function):
             s = scale[r0:r1, None]
             g.mul_(s)
             # The block's input again (cheaper than keeping it), scaled
-            xs = x.index_select(0, rows[r0:r1]).mul_(s)
-            dx = xs.new_empty(r1 - r0, x.shape[1])
+            xs = torch.index_select(x, 0, rows[r0:r1], out=work_space(ctx.memory, "x", r1 - r0, x.shape[1], x)).mul_(s)
+            dx = work_space(ctx.memory, "u", r1 - r0, x.shape[1], x)
             for e, a, b in runs:
                 first = e not in seen
                 seen.add(e)

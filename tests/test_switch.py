@@ -628,7 +628,7 @@ def test_kept_gradient_memory_is_not_pickled():
     ff = make_layer(dtype=torch.float32, n_experts=4, d_ff=64)
     out, _ = ff(torch.randn(16, 2, 8))
     out.sum().backward()
-    assert set(ff.experts.gradient_memory) == {"w1", "w2"}
+    assert {"w1", "w2"} <= set(ff.experts.gradient_memory)
     buffer = io.BytesIO()
     torch.save(ff, buffer)
     copy = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
