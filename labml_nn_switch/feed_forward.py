@@ -39,7 +39,6 @@ gated FFN with a plain one at equal FLOPs, take $d_{ff}$ two thirds as large.
 It imports nothing but torch, so you can copy it into your own project.
 """
 
-import itertools
 import math
 
 import torch
@@ -601,7 +600,9 @@ def _row_blocks(sizes: list[int], d_hidden: int) -> list[tuple[int, int, list[tu
     """
     step = max(1, CHUNK_ELEMENTS // d_hidden)
     # Expert $e$'s rows are `starts[e]` to `starts[e + 1]`
-    starts = list(itertools.accumulate(sizes, initial=0))
+    starts = [0]
+    for n in sizes:
+        starts.append(starts[-1] + n)
     blocks = []
     for r0 in range(0, starts[-1], step):
         r1 = min(r0 + step, starts[-1])
