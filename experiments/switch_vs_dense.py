@@ -137,13 +137,13 @@ def summarise(runs: list[dict]) -> dict:
 def markdown_table(summary: dict) -> str:
     """The table of the results page."""
     order = sorted(summary, key=lambda n: (n != 'dense', summary[n]['n_experts']))
-    lines = ['| model | experts | parameters | final valid loss (mean ± 95% CI) | std | min – max | '
+    lines = ['| model | experts | parameters | seeds | final valid loss (mean ± 95% CI) | std | min – max | '
              'vs dense (paired mean ± 95% CI) | valid accuracy | seconds/run |',
-             '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+             '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for n in order:
         s = summary[n]
         vs = f"{s['minus_dense_mean']:+.4f} ± {s['minus_dense_ci95']:.4f}" if 'minus_dense_mean' in s else '—'
-        lines.append(f"| {n} | {s['n_experts'] or '—'} | {s['params']:,} | "
+        lines.append(f"| {n} | {s['n_experts'] or '—'} | {s['params']:,} | {s['seeds']} | "
                      f"{s['final_valid_loss_mean']:.4f} ± {s['final_valid_loss_ci95']:.4f} | "
                      f"{s['final_valid_loss_std']:.4f} | "
                      f"{s['final_valid_loss_min']:.4f} – {s['final_valid_loss_max']:.4f} | {vs} | "
@@ -203,8 +203,10 @@ def _plot_valid_loss(plt, groups, curves, path):
 
 
 def _plot_sweep(plt, results, groups, switch, cmap, curves, path):
-    # 2. The experts sweep: curves, and the final loss against the number of experts
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    # 2. The experts sweep: curves, the final loss against the number of experts, and
+    #    (with a dense model) each expert count's paired difference from dense
+    paired = 'dense' in groups
+    fig, axes = plt.subplots(1, 3 if paired else 2, figsize=(15 if paired else 10, 3.8), dpi=100)
     for i, name in enumerate(switch):
         steps, mean, lo, hi = curves(groups[name])
         keep = [j for j, s in enumerate(steps) if s >= steps[-1] / 3]
@@ -239,6 +241,19 @@ def _plot_sweep(plt, results, groups, switch, cmap, curves, path):
     axes[1].set_title('mean ± 95% CI (dense: band), dots = seeds')
     axes[1].grid(alpha=0.3)
     axes[1].legend(fontsize=8)
+    if paired:
+        axes[2].errorbar(xs, [s[n]['minus_dense_mean'] for n in switch], yerr=[s[n]['minus_dense_ci95'] for n in switch],
+                         marker='o', capsize=4, color='tab:green')
+        for n in switch:
+            axes[2].scatter([s[n]['n_experts']] * len(s[n]['minus_dense_per_seed']), s[n]['minus_dense_per_seed'],
+                            color='tab:green', alpha=0.35, s=12)
+        axes[2].axhline(0, color='black', linestyle='--', linewidth=1)
+        axes[2].set_xscale('log', base=2)
+        axes[2].set_xticks(xs, [str(x) for x in xs])
+        axes[2].set_xlabel('experts per Switch layer')
+        axes[2].set_ylabel('switch minus dense (same seed)')
+        axes[2].set_title('paired difference: mean ± 95% CI, dots = seeds')
+        axes[2].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
