@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from shared_text import SHAKESPEARE, needs_text
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -52,3 +53,24 @@ def test_bench_parallel_measures_every_layout(tmp_path):
     # Half the experts on each of two processes
     assert rows[1]["expert_mb"] == rows[0]["expert_mb"] / 2 and rows[1]["expert_mb_ratio"] == 0.5
     assert all(r["step_ms"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+@needs_text
+def test_switch_vs_dense_keeps_finished_runs_and_reports_paired_intervals(tmp_path):
+    args = ["--steps", "4", "--eval-interval", "2", "--seeds", "0,1", "--experts", "2", "--out", str(tmp_path),
+            "--name", "tiny", "--data", str(SHAKESPEARE), "--plots", "experts_sweep"]
+    run("switch_vs_dense.py", *args)
+    results = json.loads((tmp_path / "tiny.json").read_text())
+    assert len(results["runs"]) == 4 and len(list((tmp_path / "tiny_runs").glob("*.json"))) == 4
+    switch = results["summary"]["switch-2"]
+    diffs = switch["minus_dense_per_seed"]
+    # The paired interval is Student's t (1 degree of freedom) over the two per-seed differences
+    assert switch["minus_dense_ci95"] == pytest.approx(12.706 * abs(diffs[0] - diffs[1]) / 2)
+    assert "| switch-2 | 2 |" in (tmp_path / "tiny.md").read_text()
+    # Started again: the finished runs are read back, not trained again, and give the same summary
+    (tmp_path / "tiny.json").unlink()
+    (tmp_path / "tiny_runs" / "dense_seed1.json").unlink()
+    run("switch_vs_dense.py", *args)
+    again = json.loads((tmp_path / "tiny.json").read_text())
+    assert again["summary"]["switch-2"] == switch
