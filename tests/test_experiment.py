@@ -308,8 +308,11 @@ def test_a_signal_saves_the_current_step_and_says_how_to_resume(workdir, signum,
     """A real process, a real signal: a checkpoint at the step it stopped, one line, 128 + the signal."""
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}
     settings = [f'{k}={v}' for k, v in tiny(checkpoint_interval=5).items()]
+    # As a process started from a terminal: a shell's background job (`nohup make test &`) starts its
+    # children with SIGINT ignored, and the trainer keeps an ignored signal ignored
     proc = subprocess.Popen([sys.executable, '-m', 'labml_nn_switch.experiment', 'train', *settings, 'steps=100000'],
-                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
     # Signal it once it is training: after its first checkpoint
     deadline = time.time() + 120
     while not list(workdir.glob('logs/*/*/checkpoints/step_*.pt')) and time.time() < deadline:
