@@ -450,8 +450,12 @@ class ExpertRows(torch.autograd.Function):
 
     $$y_{r_k} = s_k \Big( W_2^{(e)\top} \mathrm{Dropout}\big(\mathrm{act}(W_1^{(e)\top} x_{r_k} + b_1^{(e)})\big) + b_2^{(e)} \Big)$$
 
-    written straight into the output, whose other rows (dropped tokens) stay
-    exactly zero, even where an expert overflows in float16.
+    The kept rows' outputs are collected in one `[n_rows + 1, d_model]`
+    tensor whose last row is zero, and each token reads its own row there (a
+    dropped token the zero row): its output is exactly zero, even where an
+    expert overflows in float16. Reading rows by index (a gather) is two to
+    five times faster on the CPU than writing them to their tokens
+    (`index_copy_`); the input's gradient goes back the same way.
 
     The rows are taken in blocks whose hidden layer stays under
     `CHUNK_ELEMENTS`; a block may hold several experts' runs, and a long run is
@@ -485,9 +489,11 @@ class ExpertRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, rows, scale, w1, b1, w2, b2, sizes, activation, p, memory):
         blocks = _row_blocks(sizes, w1.shape[-1])
-        # The output: rows of dropped tokens stay zero (no need to clear it when every token is kept)
-        kept_all = len(rows) == x.shape[0]
-        out = x.new_empty(x.shape[0], w2.shape[-1]) if kept_all else x.new_zeros(x.shape[0], w2.shape[-1])
+        # The scaled outputs of all kept rows, and a last row of zeros for the dropped tokens:
+        # `[n_rows + 1, d_model]`
+        n_rows = len(rows)
+        u = work_space(memory, "narrow", n_rows + 1, w2.shape[-1], x)
+        u[n_rows].zero_()
         hidden, masks = [], []
         for r0, r1, runs in blocks:
             # The block's tokens, expert by expert: `[r1 - r0, d_model]`
@@ -506,15 +512,15 @@ class ExpertRows(torch.autograd.Function):
                 act = act.mul_(mask).div_(1 - p)
                 if activation != "relu":
                     masks.append(mask.bool())
-            # $u = W_2^\top a + b_2$, each expert on its own rows: `[r1 - r0, d_model]`
-            u = work_space(memory, "u", r1 - r0, w2.shape[-1], x)
+            # $u = W_2^\top a + b_2$, each expert on its own rows, scaled by the rows' gates
             for e, a, b in runs:
-                _linear_into(u[a - r0:b - r0], act[a - r0:b - r0], w2[e], None if b2 is None else b2[e])
-            # Each row scaled by its gate, into its token's row of the output
-            out.index_copy_(0, rows[r0:r1], u.mul_(scale[r0:r1, None]))
+                _linear_into(u[a:b], act[a - r0:b - r0], w2[e], None if b2 is None else b2[e])
+            u[r0:r1].mul_(scale[r0:r1, None])
         ctx.save_for_backward(x, rows, scale, w1, b1, w2, b2, *hidden, *masks)
         ctx.blocks, ctx.activation, ctx.p, ctx.memory = blocks, activation, p, memory
-        return out
+        # Each token reads its row of `u` (a gather: on the CPU much faster than
+        # writing the rows to their tokens with `index_copy_`)
+        return torch.index_select(u, 0, _source_rows(rows, x.shape[0]))
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -522,8 +528,10 @@ class ExpertRows(torch.autograd.Function):
         blocks, p = ctx.blocks, ctx.p
         hidden, masks = rest[:len(blocks)], rest[len(blocks):]
         relu = ctx.activation == "relu"
-        # The input's gradient: zero for dropped tokens (every row is written when all are kept)
-        grad_x = torch.empty_like(x) if len(rows) == x.shape[0] else torch.zeros_like(x)
+        # The input's gradient of every kept row, and a row of zeros for the dropped tokens
+        n_rows = len(rows)
+        dx = work_space(ctx.memory, "narrow", n_rows + 1, x.shape[1], x)
+        dx[n_rows].zero_()
         grad_scale = torch.empty_like(scale)
         # The weight gradients, in reused memory; each expert's is written by the
         # first block of its rows, or zeroed when it has no kept token
@@ -573,7 +581,6 @@ class ExpertRows(torch.autograd.Function):
             g.mul_(s)
             # The block's input again (cheaper than keeping it), scaled
             xs = torch.index_select(x, 0, rows[r0:r1], out=work_space(ctx.memory, "x", r1 - r0, x.shape[1], x)).mul_(s)
-            dx = work_space(ctx.memory, "u", r1 - r0, x.shape[1], x)
             for e, a, b in runs:
                 first = e not in seen
                 seen.add(e)
@@ -583,11 +590,12 @@ class ExpertRows(torch.autograd.Function):
                 if b2 is not None:
                     grad_b2[e] += g[ra:rb].sum(0)
                     grad_b1[e] += gh[ra:rb].t() @ s[ra:rb, 0]
-                torch.mm(gh[ra:rb], w1[e].t(), out=dx[ra:rb])
-            dx.mul_(s)
-            grad_x.index_copy_(0, rows[r0:r1], dx)
+                torch.mm(gh[ra:rb], w1[e].t(), out=dx[a:b])
+            dx[r0:r1].mul_(s)
+        # Each token reads its row's gradient (zero if dropped)
+        grad_x = torch.index_select(dx, 0, _source_rows(rows, x.shape[0])) if ctx.needs_input_grad[0] else None
         need = ctx.needs_input_grad
-        return (grad_x if need[0] else None, None, grad_scale if need[2] else None, grad_w1 if need[3] else None,
+        return (grad_x, None, grad_scale if need[2] else None, grad_w1 if need[3] else None,
                 grad_b1 if need[4] else None, grad_w2 if need[5] else None, grad_b2 if need[6] else None,
                 None, None, None, None)
 
@@ -610,6 +618,16 @@ def _row_blocks(sizes: list[int], d_hidden: int) -> list[tuple[int, int, list[tu
                 if max(starts[e], r0) < min(starts[e + 1], r1)]
         blocks.append((r0, r1, runs))
     return blocks
+
+
+def _source_rows(rows: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """
+    `[n_tokens]`: for each token, its place in `rows` (its row of the experts'
+    output), or `len(rows)` for a token not in `rows` (a dropped one).
+    """
+    n_rows = len(rows)
+    source = rows.new_full((n_tokens,), n_rows) if n_rows < n_tokens else rows.new_empty(n_tokens)
+    return source.scatter_(0, rows, torch.arange(n_rows, device=rows.device))
 
 
 def _linear_into(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
