@@ -33,7 +33,7 @@ def build(kind: str, device: torch.device):
     torch.manual_seed(0)
     settings = {**defaults(), **explicit_settings({"preset": "labml", "model": kind})}
     model = build_model(settings, switch=switch_config(settings), n_vocab=N_VOCAB).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     return model, optimizer, scheduler, settings
 
