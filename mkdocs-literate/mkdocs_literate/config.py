@@ -72,6 +72,10 @@ class LiterateConfig(base.Config):
     # itself, and give search their text in readable Unicode (see
     # formulas.py).
     math = c.Type(bool, default=True)
+    # Mark the scripts at the end of each page (the theme's, the site's
+    # `extra_javascript`) `defer`, so that the page is shown before they run
+    # (see [scripts.py](scripts.py)).
+    defer_scripts = c.Type(bool, default=True)
     # Build the site in another language (`zh`): the notes of every page come
     # from the catalogues in `translations/<language>/` (see
     # [translate.py](translate.py)), and the site's address gets `<language>/`

@@ -45,6 +45,7 @@ from . import formulas
 from .config import LiterateConfig
 from .notes import NotesExtension
 from .render import Linker, code_html, fill_code, highlight_lines, page_markdown
+from .scripts import defer_scripts
 from .sections import ParseError, parse
 from .translate import Translator
 
@@ -414,19 +415,20 @@ class LiteratePlugin(BasePlugin[LiterateConfig]):
     # where it is written: `path:line` of the source file or hand-written
     # page (a translation keeps its English formulas, so they are found
     # there too). The page's head then asks early for the KaTeX fonts its
-    # formulas use.
+    # formulas use. Last, the scripts at the end of the page are deferred, so
+    # that the browser shows the page before it runs them
+    # ([scripts.py](scripts.py)).
     def on_post_page(self, output, *, page, config):
-        if self.typesetter is None:
-            return output
+        if self.typesetter is not None:
+            def error(tex, message):
+                log.warning(f"{self._formula_place(page, tex)}: formula not typeset: {message}")
 
-        def error(tex, message):
-            log.warning(f"{self._formula_place(page, tex)}: formula not typeset: {message}")
-
-        output = formulas.typeset(output, self.typesetter, error)
-        preload = "".join(
-            f'<link rel="preload" href="{get_relative_url(f"{ASSETS}/katex/fonts/{font}", page.url)}" '
-            f'as="font" type="font/woff2" crossorigin>' for font in formulas.fonts(output))
-        return output.replace("</head>", preload + "</head>", 1)
+            output = formulas.typeset(output, self.typesetter, error)
+            preload = "".join(
+                f'<link rel="preload" href="{get_relative_url(f"{ASSETS}/katex/fonts/{font}", page.url)}" '
+                f'as="font" type="font/woff2" crossorigin>' for font in formulas.fonts(output))
+            output = output.replace("</head>", preload + "</head>", 1)
+        return defer_scripts(output) if self.config.defer_scripts else output
 
     def _formula_place(self, page, tex: str) -> str:
         source = self.by_uri.get(page.file.src_uri)
