@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from literate_testing import mkdocs_build, read_literate_page, write_project
+from literate_testing import MINI_CONFIG, mkdocs_build, read_literate_page, write_project
 
 pytestmark = pytest.mark.slow
 
@@ -197,3 +197,15 @@ def test_repository_links_edit_links_and_the_theme_template(tmp_path):
     dirs = loaded.plugins["literate"].on_config(loaded).theme.dirs
     assert Path(dirs[0]) == (tmp_path / "overrides").resolve()
     assert Path(dirs[1]).name == "templates" and Path(dirs[1]).parent.name == "mkdocs_literate"
+
+
+@pytest.mark.parametrize("option, deferred", [("", True), ("\n          defer_scripts: false", False)])
+def test_the_theme_script_is_deferred_unless_turned_off(tmp_path, option, deferred):
+    config = MINI_CONFIG.replace("      - literate\n", "      - literate:" + option + "\n" if option
+                                 else "      - literate\n")
+    result = build(tmp_path, config=config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for page in ("pkg/layer/index.html", "index.html"):
+        html = (tmp_path / "site" / page).read_text(encoding="utf-8")
+        bundle = re.search(r"<script[^>]*javascripts/bundle\.[0-9a-f]+\.min\.js[^>]*>", html).group(0)
+        assert ("defer" in bundle) is deferred, bundle
