@@ -592,9 +592,10 @@ class ExpertRows(torch.autograd.Function):
                     grad_b1[e] += gh[ra:rb].t() @ s[ra:rb, 0]
                 torch.mm(gh[ra:rb], w1[e].t(), out=dx[a:b])
             dx[r0:r1].mul_(s)
-        # Each token reads its row's gradient (zero if dropped)
-        grad_x = torch.index_select(dx, 0, _source_rows(rows, x.shape[0])) if ctx.needs_input_grad[0] else None
+        # Each token reads its row's gradient (zero if dropped); the map from tokens to
+        # rows is made again rather than kept from forward
         need = ctx.needs_input_grad
+        grad_x = torch.index_select(dx, 0, _source_rows(rows, x.shape[0])) if need[0] else None
         return (grad_x, None, grad_scale if need[2] else None, grad_w1 if need[3] else None,
                 grad_b1 if need[4] else None, grad_w2 if need[5] else None, grad_b2 if need[6] else None,
                 None, None, None, None)

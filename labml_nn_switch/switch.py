@@ -509,9 +509,9 @@ class SwitchFeedForward(nn.Module):
         The counts are already in host memory, so reading them costs nothing.
         Expert $e$ keeps $\min(T f_e, C)$ tokens, the first of its run in the
         sorted order; [`Experts.forward_rows`](feed_forward.py) runs each
-        expert on exactly its kept tokens and writes $p_{i^*}(x) E_{i^*}(x)$
-        straight into the token's row of the output.
-        Dropped tokens are not computed at all; their rows stay zero.
+        expert on exactly its kept tokens, and each token reads its
+        $p_{i^*}(x) E_{i^*}(x)$ from there into its row of the output.
+        Dropped tokens are not computed at all; their rows are zero.
         """
         counts = plan.counts if capacity is None else plan.counts.clamp(max=capacity)
         sizes = counts.tolist()
