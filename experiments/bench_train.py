@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from labml_nn_switch.configs import defaults, explicit_settings, switch_config
+from labml_nn_switch.configs import adam, defaults, explicit_settings, switch_config
 from labml_nn_switch.experiment import build_model, train_step
 from machine import machine_meta
 
@@ -29,11 +29,11 @@ N_VOCAB = 65  # Tiny Shakespeare's characters
 
 
 def build(kind: str, device: torch.device):
-    """The experiment's model (its own `build_model`, the `labml` preset's settings) and Adam, constant rate."""
+    """The experiment's model (its own `build_model`, the `labml` preset's settings) and its Adam, constant rate."""
     torch.manual_seed(0)
     settings = {**defaults(), **explicit_settings({"preset": "labml", "model": kind})}
     model = build_model(settings, switch=switch_config(settings), n_vocab=N_VOCAB).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    optimizer = adam(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     return model, optimizer, scheduler, settings
 
