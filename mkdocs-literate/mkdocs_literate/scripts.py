@@ -55,11 +55,12 @@ def defer_scripts(html: str) -> str:
     to_defer = []
     for match in reversed(scripts):
         attributes = _attributes(match.group(1))
-        if attributes.get("type", "").lower() not in JAVASCRIPT:
+        kind = attributes.get("type", "").lower()
+        if kind not in JAVASCRIPT:
             continue  # data, such as the theme's JSON configuration
         if "src" not in attributes:
             break  # an inline script: it and everything before it stay as they are
-        if not ({"async", "defer"} & attributes.keys() or attributes.get("type") == "module"):
+        if not ({"async", "defer"} & attributes.keys() or kind == "module"):
             to_defer.append(match)
     # Insert the attribute from the end, so that earlier offsets stay right
     for match in to_defer:
