@@ -434,6 +434,14 @@ def work_space(memory: dict[str, torch.Tensor], key: str, rows: int, cols: int, 
 # time (glibc maps it on its own), and touching it page by page costs time.
 CHUNK_ELEMENTS = 1 << 22
 
+# What one call of a matrix multiplication costs beyond its arithmetic, counted
+# in multiply-adds: about two million on a 2-core AVX-512 CPU, where four
+# experts of 512 rows of $128 \times 256$ run 16% faster in one `bmm` than in
+# four calls, and experts of 512 rows of $512 \times 2048$ only 6% faster.
+# Experts are grouped into one `bmm` while the padding this adds costs fewer
+# multiply-adds than the calls it saves.
+CALL_COST = 1 << 21
+
 
 class ExpertRows(torch.autograd.Function):
     r"""
@@ -442,26 +450,37 @@ class ExpertRows(torch.autograd.Function):
     On a GPU, reading how many tokens each expert got would stall the device
     until the router has run, so the GPU paths use shapes fixed in advance
     (`grouped_mm`, or buffers of the full capacity). On the CPU there is no
-    device to stall: the counts are already in memory. So we gather the kept
-    tokens, sorted by expert, and give each expert's contiguous run of rows to
-    its own matrix multiplications: no padding, no dropped token computed,
-    exactly the arithmetic of the tokens that are kept. For the $k$-th kept row
-    $r_k$, of expert $e$,
+    device to stall: the counts are already in memory, and we use them to
+    choose the shapes of the work. For the $k$-th kept row $r_k$, of expert $e$,
 
     $$y_{r_k} = s_k \Big( W_2^{(e)\top} \mathrm{Dropout}\big(\mathrm{act}(W_1^{(e)\top} x_{r_k} + b_1^{(e)})\big) + b_2^{(e)} \Big)$$
 
-    The kept rows' outputs are collected in one `[n_rows + 1, d_model]`
+    **Groups of experts, one `bmm` each.** One matrix multiplication per
+    expert is slow when the experts are many or small: each call has a fixed
+    cost and splits its small product over the threads on its own. `torch.bmm`
+    runs a whole stack of equal products in one call, but needs every expert
+    to have the same number of rows. So neighbouring experts are grouped
+    (`_expert_blocks`): $k$ experts of at most $m$ kept rows each get $m$
+    *slots* each, in one `[k, m, d_model]` tensor. The slots an expert does not
+    fill repeat its last kept row with a gate of zero: they add nothing to any
+    output or gradient, but they cost arithmetic. A group grows while its
+    padding costs less than the calls it saves (`CALL_COST`): small experts
+    are grouped even when their counts differ by a tenth (all four experts of
+    the experiment run in one `bmm`), large ones only when their counts are
+    (nearly) equal, and otherwise each expert is a group of one, with no
+    padding at all. Dropped tokens are never computed.
+
+    The slots' scaled outputs are collected in one `[n_slots + 1, d_model]`
     tensor whose last row is zero, and each token reads its own row there (a
     dropped token the zero row): its output is exactly zero, even where an
     expert overflows in float16. Reading rows by index (a gather) is two to
     five times faster on the CPU than writing them to their tokens
     (`index_copy_`); the input's gradient goes back the same way.
 
-    The rows are taken in blocks whose hidden layer stays under
-    `CHUNK_ELEMENTS`; a block may hold several experts' runs, and a long run is
-    cut over several blocks (its weight gradient summed over them). The
-    element-wise work (activation, dropout, gates) is done once per block, only
-    the matrix multiplications once per expert in it.
+    A group's hidden layer stays under `CHUNK_ELEMENTS`; an expert with more
+    rows than that is cut over several blocks, its weight gradient summed over
+    them. The element-wise work (activation, dropout, gates) is done once per
+    block.
 
     The weight gradients are written into memory kept from the last step when
     nobody holds it any more (`reusable_gradient`), and the values that never
@@ -470,38 +489,50 @@ class ExpertRows(torch.autograd.Function):
     are new memory at each step.
 
     Written as one autograd `Function` so that backward keeps only what it
-    needs: the input $x$ (the caller's tensor, kept anyway), the gates, and the
-    hidden layer. For ReLU that is its output, whose sign is the derivative;
-    for other activations the pre-activation, from which backward recomputes
-    the rest. The gathered input is gathered again rather than kept. The
-    gate's gradient needs the expert's unscaled output $u_k$, but not as a
-    tensor: with $g_k$ the output's gradient,
+    needs: the input $x$ (the caller's tensor, kept anyway), the slots' map
+    and gates, and the hidden layer. For ReLU that is its output, whose sign
+    is the derivative; for other activations the pre-activation, from which
+    backward recomputes the rest. The gathered input is gathered again rather
+    than kept. So the saved activations are about those of the dense FFN
+    (dropped tokens have none; padding is a few rows per expert).
+
+    **Backward.** The gate $s_k$ multiplies row $k$'s whole gradient, so we
+    scale the output's gradient $g_k$ once, where it enters, on the narrow
+    `[slots, d_model]` tensor: everything computed from it, $W_2$'s gradient
+    $a^\top (s g)$, the hidden layer's $(s g) W_2^\top$, $W_1$'s and the
+    input's, carries the factor, and a padding slot's gradient (gate zero) is
+    zero. The gate's own gradient needs the expert's unscaled output $u_k$,
+    but not as a tensor:
 
     $$\frac{\partial L}{\partial s_k} = g_k \cdot u_k
-      = \big(W_2^{(e)} g_k\big) \cdot a_k + g_k \cdot b_2^{(e)},$$
+      = \frac{\big(W_2^{(e)} s_k g_k\big) \cdot a_k + s_k g_k \cdot b_2^{(e)}}{s_k},$$
 
-    and $W_2^{(e)} g_k$ is computed for $a_k$'s gradient anyway. So the saved
-    activations are about those of the dense FFN (dropped tokens have none).
-    The gate then multiplies each row's gradient; we apply it to the narrow
-    `[rows, d_model]` tensors rather than the wide `[rows, d_ff]` ones.
+    and $W_2^{(e)} s_k g_k$ is computed for $a_k$'s gradient anyway. A gate is
+    never zero on a kept row: it is the largest of $N$ probabilities, at least
+    $1/N$ (or exactly 1 with `scale_by_gate=False`).
     """
 
     @staticmethod
     def forward(ctx, x, rows, scale, w1, b1, w2, b2, sizes, activation, p, memory):
-        blocks = _row_blocks(sizes, w1.shape[-1])
-        # The scaled outputs of all kept rows, and a last row of zeros for the dropped tokens:
-        # `[n_rows + 1, d_model]`
-        n_rows = len(rows)
-        u = work_space(memory, "narrow", n_rows + 1, w2.shape[-1], x)
-        u[n_rows].zero_()
+        blocks, n_slots = _expert_blocks(sizes, x.shape[1], w1.shape[-1])
+        # Where each kept row sits among the slots, the token and the gate of each slot
+        # (padding slots: their expert's last kept row, with a gate of zero),
+        # and for each token the slot it reads (`n_slots`, the zero row, if dropped)
+        slot_of_row, slot_token, slot_scale = _slots(rows, scale, sizes, blocks, n_slots)
+        source = _token_sources(rows, slot_of_row, x.shape[0], n_slots)
+        # The slots' scaled outputs and a last row of zeros: `[n_slots + 1, d_model]`
+        d_model = w2.shape[-1]
+        u = work_space(memory, "narrow", n_slots + 1, d_model, x)
+        u[n_slots].zero_()
         hidden, masks = [], []
-        for r0, r1, runs in blocks:
-            # The block's tokens, expert by expert: `[r1 - r0, d_model]`
-            xb = torch.index_select(x, 0, rows[r0:r1], out=work_space(memory, "x", r1 - r0, x.shape[1], x))
-            # $W_1^\top x + b_1$, each expert on its own rows: `[r1 - r0, d_hidden]`
-            h = xb.new_empty(r1 - r0, w1.shape[-1])
-            for e, a, b in runs:
-                _linear_into(h[a - r0:b - r0], xb[a - r0:b - r0], w1[e], None if b1 is None else b1[e])
+        for e0, e1, m, s0, _ in blocks:
+            k, s1 = e1 - e0, s0 + (e1 - e0) * m
+            # The block's tokens: `[k, m, d_model]`, expert by expert
+            xb = torch.index_select(x, 0, slot_token[s0:s1], out=work_space(memory, "x", s1 - s0, x.shape[1], x))
+            xb = xb.view(k, m, -1)
+            # $W_1^\top x + b_1$ for the $k$ experts at once: `[k, m, d_hidden]`
+            h = xb.new_empty(k, m, w1.shape[-1])
+            _batched_linear_into(h, xb, w1[e0:e1], None if b1 is None else b1[e0:e1])
             # The activation: in place for ReLU, whose output is all backward needs;
             # other activations keep their input $h$ for backward
             act = h.relu_() if activation == "relu" else activate(h, activation)
@@ -512,61 +543,61 @@ class ExpertRows(torch.autograd.Function):
                 act = act.mul_(mask).div_(1 - p)
                 if activation != "relu":
                     masks.append(mask.bool())
-            # $u = W_2^\top a + b_2$, each expert on its own rows, scaled by the rows' gates
-            for e, a, b in runs:
-                _linear_into(u[a:b], act[a - r0:b - r0], w2[e], None if b2 is None else b2[e])
-            u[r0:r1].mul_(scale[r0:r1, None])
-        ctx.save_for_backward(x, rows, scale, w1, b1, w2, b2, *hidden, *masks)
-        ctx.blocks, ctx.activation, ctx.p, ctx.memory = blocks, activation, p, memory
-        # Each token reads its row of `u` (a gather: on the CPU much faster than
-        # writing the rows to their tokens with `index_copy_`)
-        return torch.index_select(u, 0, _source_rows(rows, x.shape[0]))
+            # $u = W_2^\top a + b_2$, scaled by the slots' gates
+            _batched_linear_into(u[s0:s1].view(k, m, d_model), act, w2[e0:e1], None if b2 is None else b2[e0:e1])
+            u[s0:s1].mul_(slot_scale[s0:s1, None])
+        ctx.save_for_backward(x, slot_of_row, slot_token, slot_scale, source, w1, b1, w2, b2, *hidden, *masks)
+        ctx.blocks, ctx.n_slots, ctx.activation, ctx.p, ctx.memory = blocks, n_slots, activation, p, memory
+        # Each token reads its slot's row of `u` (a gather)
+        return torch.index_select(u, 0, source)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, rows, scale, w1, b1, w2, b2, *rest = ctx.saved_tensors
-        blocks, p = ctx.blocks, ctx.p
+        x, slot_of_row, slot_token, slot_scale, source, w1, b1, w2, b2, *rest = ctx.saved_tensors
+        blocks, n_slots, p = ctx.blocks, ctx.n_slots, ctx.p
         hidden, masks = rest[:len(blocks)], rest[len(blocks):]
         relu = ctx.activation == "relu"
-        # The input's gradient of every kept row, and a row of zeros for the dropped tokens
-        n_rows = len(rows)
-        dx = work_space(ctx.memory, "narrow", n_rows + 1, x.shape[1], x)
-        dx[n_rows].zero_()
-        grad_scale = torch.empty_like(scale)
+        d_model, d_ff = x.shape[1], w2.shape[1]
+        # The input's gradient of every slot, and a row of zeros for the dropped tokens
+        dx = work_space(ctx.memory, "narrow", n_slots + 1, d_model, x)
+        dx[n_slots].zero_()
+        grad_slot_scale = torch.empty_like(slot_scale)
         # The weight gradients, in reused memory; each expert's is written by the
         # first block of its rows, or zeroed when it has no kept token
         grad_w1 = reusable_gradient(ctx.memory, "w1", w1)
         grad_w2 = reusable_gradient(ctx.memory, "w2", w2)
-        for e in set(range(w1.shape[0])) - {e for _, _, runs in blocks for e, _, _ in runs}:
+        for e in set(range(w1.shape[0])) - {e for e0, e1, *_ in blocks for e in range(e0, e1)}:
             grad_w1[e].zero_()
             grad_w2[e].zero_()
         grad_b1 = torch.zeros_like(b1) if b1 is not None else None
         grad_b2 = torch.zeros_like(b2) if b2 is not None else None
-        seen = set()
-        for k, (r0, r1, runs) in enumerate(blocks):
-            # The output's gradient on the block's rows, unscaled: `[r1 - r0, d_model]`
-            g = torch.index_select(grad_out, 0, rows[r0:r1],
-                                   out=work_space(ctx.memory, "g", r1 - r0, grad_out.shape[1], grad_out))
-            # $W_2 g$, each expert on its own rows: `[r1 - r0, d_ff]`
-            ga = work_space(ctx.memory, "ga", r1 - r0, w2.shape[1], grad_out)
-            for e, a, b in runs:
-                torch.mm(g[a - r0:b - r0], w2[e].t(), out=ga[a - r0:b - r0])
+        for i, (e0, e1, m, s0, first) in enumerate(blocks):
+            k, s1 = e1 - e0, s0 + (e1 - e0) * m
+            s = slot_scale[s0:s1, None]
+            # The output's gradient on the block's slots, times the gates: `[k, m, d_model]`
+            g = torch.index_select(grad_out, 0, slot_token[s0:s1],
+                                   out=work_space(ctx.memory, "g", s1 - s0, d_model, grad_out)).mul_(s).view(k, m, -1)
+            # $W_2 (s g)$: `[k, m, d_ff]`
+            ga = work_space(ctx.memory, "ga", s1 - s0, d_ff, grad_out).view(k, m, -1)
+            torch.bmm(g, w2[e0:e1].transpose(1, 2), out=ga)
             if relu:
-                act = hidden[k]
+                act = hidden[i]
             else:
                 # Recompute the activation (and its dropout) from the pre-activation
                 with torch.enable_grad():
-                    h = hidden[k].detach().requires_grad_()
+                    h = hidden[i].detach().requires_grad_()
                     act = activate(h, ctx.activation)
                     if masks:
-                        act = act * masks[k] / (1 - p)
-            # The gates' gradient, $g \cdot u = (W_2 g) \cdot a + g \cdot b_2$ for each kept row
-            grad_s = torch.mul(ga, act, out=work_space(ctx.memory, "product", r1 - r0, ga.shape[1], ga)).sum(-1)
+                        act = act * masks[i] / (1 - p)
+            # The gates' gradient, $\big((W_2 s g) \cdot a + s g \cdot b_2\big) / s$ for each slot
+            product = torch.mul(ga, act, out=work_space(ctx.memory, "product", s1 - s0, ga.shape[-1], ga).view(k, m, -1))
+            grad_s = product.sum(-1)
             if b2 is not None:
-                for e, a, b in runs:
-                    grad_s[a - r0:b - r0] += g[a - r0:b - r0] @ b2[e]
-            grad_scale[r0:r1] = grad_s
-            # Through the activation, still without the gate: `[r1 - r0, d_hidden]`
+                grad_s += torch.bmm(g, b2[e0:e1, :, None])[..., 0]
+                grad_b2[e0:e1] += g.sum(1)
+            # (padding slots divide zero by zero; their values are never read)
+            torch.div(grad_s.view(-1), slot_scale[s0:s1], out=grad_slot_scale[s0:s1])
+            # Through the activation: `[k, m, d_hidden]`
             if relu:
                 # ReLU's own backward kernel, in place: `ga` where `a > 0`, else 0
                 gh = torch.ops.aten.threshold_backward.grad_input(ga, act, 0, grad_input=ga)
@@ -574,74 +605,111 @@ class ExpertRows(torch.autograd.Function):
                     gh.div_(1 - p)
             else:
                 (gh,) = torch.autograd.grad(act, h, ga)
-            # The gate $s$ multiplies each row's gradient. Rather than scale the wide
-            # `gh`, we scale the narrow `[r1 - r0, d_model]` tensors it meets:
-            # $W_2$'s gradient $a^\top (s g)$, $W_1$'s $(s x)^\top g_h$, the input's $s\,(g_h W_1^\top)$
-            s = scale[r0:r1, None]
-            g.mul_(s)
-            # The block's input again (cheaper than keeping it), scaled
-            xs = torch.index_select(x, 0, rows[r0:r1], out=work_space(ctx.memory, "x", r1 - r0, x.shape[1], x)).mul_(s)
-            for e, a, b in runs:
-                first = e not in seen
-                seen.add(e)
-                ra, rb = a - r0, b - r0
-                _mm_into(grad_w2[e], act[ra:rb].detach().t(), g[ra:rb], first)
-                _mm_into(grad_w1[e], xs[ra:rb].t(), gh[ra:rb], first)
-                if b2 is not None:
-                    grad_b2[e] += g[ra:rb].sum(0)
-                    grad_b1[e] += gh[ra:rb].t() @ s[ra:rb, 0]
-                torch.mm(gh[ra:rb], w1[e].t(), out=dx[a:b])
-            dx[r0:r1].mul_(s)
-        # Each token reads its row's gradient (zero if dropped); the map from tokens to
-        # rows is made again rather than kept from forward
+            if b1 is not None:
+                grad_b1[e0:e1] += gh.sum(1)
+            # The block's input again (cheaper than keeping it)
+            xb = torch.index_select(x, 0, slot_token[s0:s1], out=work_space(ctx.memory, "x", s1 - s0, d_model, x))
+            xb = xb.view(k, m, -1)
+            # $W_2$'s gradient $a^\top (s g)$, $W_1$'s $x^\top g_h$, the input's $g_h W_1^\top$
+            _bmm_into(grad_w2[e0:e1], act.detach().transpose(1, 2), g, first)
+            _bmm_into(grad_w1[e0:e1], xb.transpose(1, 2), gh, first)
+            torch.bmm(gh, w1[e0:e1].transpose(1, 2), out=dx[s0:s1].view(k, m, d_model))
+        # Each token reads its slot's gradient (zero if dropped)
         need = ctx.needs_input_grad
-        grad_x = torch.index_select(dx, 0, _source_rows(rows, x.shape[0])) if need[0] else None
-        return (grad_x, None, grad_scale if need[2] else None, grad_w1 if need[3] else None,
-                grad_b1 if need[4] else None, grad_w2 if need[5] else None, grad_b2 if need[6] else None,
-                None, None, None, None)
+        grad_x = torch.index_select(dx, 0, source) if need[0] else None
+        grad_scale = None
+        if need[2]:
+            grad_scale = grad_slot_scale if slot_of_row is None else grad_slot_scale.index_select(0, slot_of_row)
+        return (grad_x, None, grad_scale, grad_w1 if need[3] else None, grad_b1 if need[4] else None,
+                grad_w2 if need[5] else None, grad_b2 if need[6] else None, None, None, None, None)
 
 
-def _row_blocks(sizes: list[int], d_hidden: int) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
+def _expert_blocks(sizes: list[int], d_model: int, d_hidden: int) -> tuple[list[tuple[int, int, int, int, bool]], int]:
     """
-    The blocks of work over the kept rows (expert 0's first, then expert 1's, ...):
-    `(first row, end row, runs)`, at most `CHUNK_ELEMENTS // d_hidden` rows each, where
-    `runs` lists `(expert, first row, end row)` for each expert with rows in the block.
+    The blocks of work, and the number of slots they take. Each block is
+    `(e0, e1, m, s0, first)`: experts `e0` to `e1 - 1`, `m` slots each, from
+    slot `s0` on; `first` says the block holds the first rows of its experts.
+    Neighbouring experts are grouped while the padding's multiply-adds (a
+    padding row costs about `d_model * d_hidden` in each product) stay under
+    `CALL_COST` per call saved, and the hidden layer within `CHUNK_ELEMENTS`;
+    an expert with more rows than that limit is cut into blocks of one expert.
+    Experts without rows are in no block.
     """
     step = max(1, CHUNK_ELEMENTS // d_hidden)
-    # Expert $e$'s rows are `starts[e]` to `starts[e + 1]`
-    starts = [0]
-    for n in sizes:
-        starts.append(starts[-1] + n)
-    blocks = []
-    for r0 in range(0, starts[-1], step):
-        r1 = min(r0 + step, starts[-1])
-        runs = [(e, max(starts[e], r0), min(starts[e + 1], r1)) for e in range(len(sizes))
-                if max(starts[e], r0) < min(starts[e + 1], r1)]
-        blocks.append((r0, r1, runs))
-    return blocks
+    blocks, s0, e0 = [], 0, 0
+    while e0 < len(sizes):
+        n = sizes[e0]
+        if n > step:
+            # A long run, cut
+            for a in range(0, n, step):
+                blocks.append((e0, e0 + 1, min(step, n - a), s0, a == 0))
+                s0 += min(step, n - a)
+            e0 += 1
+            continue
+        # Grow a group from `e0` while the next expert fits
+        e1, m, n_rows = e0 + 1, n, n
+        while e1 < len(sizes) and sizes[e1] > 0 and n > 0:
+            m_next, k_next = max(m, sizes[e1]), e1 + 1 - e0
+            padding = m_next * k_next - n_rows - sizes[e1]
+            if m_next * k_next > step or padding * d_model * d_hidden > (k_next - 1) * CALL_COST:
+                break
+            e1, m, n_rows = e1 + 1, m_next, n_rows + sizes[e1]
+        if n > 0:
+            blocks.append((e0, e1, m, s0, True))
+            s0 += (e1 - e0) * m
+        e0 = e1
+    return blocks, s0
 
 
-def _source_rows(rows: torch.Tensor, n_tokens: int) -> torch.Tensor:
+def _slots(rows: torch.Tensor, scale: torch.Tensor, sizes: list[int], blocks: list, n_slots: int):
     """
-    `[n_tokens]`: for each token, its place in `rows` (its row of the experts'
-    output), or `len(rows)` for a token not in `rows` (a dropped one).
+    * `slot_of_row`: `[n_rows]`, the slot of each kept row (`None` when there is no padding: the same)
+    * `slot_token`: `[n_slots]`, the token in each slot (a padding slot repeats the last kept row of its expert)
+    * `slot_scale`: `[n_slots]`, the gate of each slot (zero for padding)
     """
     n_rows = len(rows)
-    source = rows.new_full((n_tokens,), n_rows) if n_rows < n_tokens else rows.new_empty(n_tokens)
-    return source.scatter_(0, rows, torch.arange(n_rows, device=rows.device))
+    if n_slots == n_rows:
+        # No padding: the slots are the rows
+        return None, rows, scale
+    # Row $i$ of expert $e$ moves by the padding before it: `slot[e] - start[e]`
+    shift, start = [0] * len(sizes), 0
+    for e0, e1, m, s0, first in blocks:
+        for e in range(e0, e1):
+            if first:
+                shift[e] = s0 + (e - e0) * m - start
+            start += sizes[e] if first else 0
+    shifts = torch.tensor(shift, device=rows.device).repeat_interleave(torch.tensor(sizes, device=rows.device))
+    slot_of_row = torch.arange(n_rows, device=rows.device) + shifts
+    # Each slot's row; a padding slot takes the last row written before it (`cummax`),
+    # which is the last kept row of its own expert
+    slot_row = rows.new_zeros(n_slots).scatter_(0, slot_of_row, torch.arange(n_rows, device=rows.device))
+    slot_row = torch.cummax(slot_row, dim=0).values
+    slot_scale = scale.new_zeros(n_slots).scatter_(0, slot_of_row, scale)
+    return slot_of_row, rows.index_select(0, slot_row), slot_scale
 
 
-def _linear_into(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
-    """`out = x @ w (+ b)`, written into `out`."""
+def _token_sources(rows: torch.Tensor, slot_of_row: torch.Tensor, n_tokens: int, n_slots: int) -> torch.Tensor:
+    """
+    `[n_tokens]`: for each token, its slot (its row of the experts' output),
+    or `n_slots` for a token not in `rows` (a dropped one).
+    """
+    source = rows.new_full((n_tokens,), n_slots) if len(rows) < n_tokens else rows.new_empty(n_tokens)
+    if slot_of_row is None:
+        slot_of_row = torch.arange(len(rows), device=rows.device)
+    return source.scatter_(0, rows, slot_of_row)
+
+
+def _batched_linear_into(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
+    """`out = x @ w (+ b)` for a stack of experts, `[k, m, .]`, written into `out`."""
     if b is None:
-        torch.mm(x, w, out=out)
+        torch.bmm(x, w, out=out)
     else:
-        torch.addmm(b, x, w, out=out)
+        torch.baddbmm(b[:, None, :], x, w, out=out)
 
 
-def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
-    """`out = a @ b` for the first block of an expert's rows, `out += a @ b` for the next."""
+def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
+    """`out = a @ b` for the first block of the experts' rows, `out += a @ b` for the next."""
     if first:
-        torch.mm(a, b, out=out)
+        torch.bmm(a, b, out=out)
     else:
-        out.addmm_(a, b)
+        out.baddbmm_(a, b)

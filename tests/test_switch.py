@@ -513,11 +513,15 @@ def test_blocks_path_saves_about_what_the_dense_ffn_saves():
     ff = SwitchFeedForward(d_model=32, d_ff=256, n_experts=4, expert_dropout=0.0, capacity_factor=1.0)
     dense = FeedForward(d_model=32, d_ff=256, dropout=0.0)
     _, result = ff(x)
-    # The hidden layer is kept for the kept tokens only (no padding), a fraction of the dense one's
-    kept = int(result.counts.clamp(max=result.capacity).sum()) / 256
-    assert kept < 1
-    # ... plus the router's few `[n_tokens, n_experts]` tensors
-    assert saved_bytes(ff, x) <= (kept + 0.05) * saved_bytes(dense, x)
+    # The hidden layer is kept for the kept tokens' slots only: the kept rows and a
+    # little padding (each row of it worth less than a call saved), a fraction of the dense one's
+    from labml_nn_switch.feed_forward import CALL_COST, _expert_blocks
+    sizes = result.counts.clamp(max=result.capacity).tolist()
+    blocks, n_slots = _expert_blocks(sizes, 32, 256)
+    calls_saved = sum(e1 - e0 - 1 for e0, e1, *_ in blocks)
+    assert sum(sizes) <= n_slots <= sum(sizes) + calls_saved * CALL_COST / (32 * 256) and sum(sizes) < 256
+    # ... plus the router's few `[n_tokens, n_experts]` tensors and the slots' `[n_tokens]` maps
+    assert saved_bytes(ff, x) <= (n_slots / 256 + 0.07) * saved_bytes(dense, x)
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "swiglu"])
@@ -583,6 +587,23 @@ def test_blocks_path_in_small_chunks_matches_reference(monkeypatch, chunk):
     for options in (dict(n_experts=3), dict(n_experts=1, drop_tokens=False), dict(n_experts=4, activation="gelu")):
         ff = make_layer(**options)
         assert_matches_reference(ff, torch.randn(15, 2, 8, dtype=torch.float64), atol=1e-10)
+
+
+@pytest.mark.parametrize("call_cost", [0, 1 << 30])
+def test_blocks_path_with_and_without_padded_groups_matches_reference(monkeypatch, call_cost):
+    # A call costing nothing: only experts with equal runs share a `bmm`. A call costing
+    # more than any padding: every run of experts with tokens is one group, most slots
+    # padding, which must add nothing
+    from labml_nn_switch import feed_forward
+    monkeypatch.setattr(feed_forward, "CALL_COST", call_cost)
+    for options in CASES:
+        ff = make_layer(**options)
+        x = torch.randn(15, 2, 8, dtype=torch.float64)
+        assert_matches_reference(ff, x, atol=1e-10)
+    sizes = [5, 1, 0, 7, 7]
+    blocks, n_slots = feed_forward._expert_blocks(sizes, 8, 16)
+    assert sorted(e for e0, e1, *_ in blocks for e in range(e0, e1)) == [0, 1, 3, 4]
+    assert n_slots == (sum(sizes) if call_cost == 0 else 10 + 14)
 
 
 def test_weight_gradient_memory_is_reused_only_when_nobody_holds_it():
