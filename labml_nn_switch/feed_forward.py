@@ -678,7 +678,8 @@ def _slots(rows: torch.Tensor, scale: torch.Tensor, sizes: list[int], blocks: li
             if first:
                 shift[e] = s0 + (e - e0) * m - start
             start += sizes[e] if first else 0
-    shifts = torch.tensor(shift, device=rows.device).repeat_interleave(torch.tensor(sizes, device=rows.device))
+    shift_and_size = torch.tensor([shift, sizes], device=rows.device)
+    shifts = shift_and_size[0].repeat_interleave(shift_and_size[1], output_size=n_rows)
     slot_of_row = torch.arange(n_rows, device=rows.device) + shifts
     # Each slot's row; a padding slot takes the last row written before it (`cummax`),
     # which is the last kept row of its own expert

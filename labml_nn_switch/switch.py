@@ -49,6 +49,7 @@ copy both into your project.
 """
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -136,8 +137,14 @@ class SwitchConfig:
         """
         if not self.drop_tokens:
             return None
-        factor = Fraction(repr(float(self.capacity_factor if training else self.eval_capacity_factor)))
+        factor = _as_written(float(self.capacity_factor if training else self.eval_capacity_factor))
         return max(int(n_tokens * factor // self.n_experts), self.min_capacity)
+
+
+@functools.lru_cache(maxsize=64)
+def _as_written(value: float) -> Fraction:
+    """The decimal number `value` is written as, exactly (made once per value: a `Fraction` is slow to make)."""
+    return Fraction(repr(value))
 
 
 def switch_config(config: SwitchConfig | None, options: dict) -> SwitchConfig:
