@@ -170,8 +170,10 @@ def compute_loss(model: nn.Module, data: torch.Tensor, target: torch.Tensor, *,
     ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
     # The fraction of characters predicted right
     accuracy = (logits.argmax(dim=-1) == target).float().mean()
-    # The total loss
-    loss = ce + lb_alpha * routing.load_balancing_loss + z_loss_coef * routing.z_loss
+    # The total loss (the z-loss only when it counts: it is computed when read)
+    loss = ce + lb_alpha * routing.load_balancing_loss
+    if z_loss_coef:
+        loss = loss + z_loss_coef * routing.z_loss
     #
     return StepResult(ce=ce, accuracy=accuracy, loss=loss, routing=routing)
 
@@ -186,9 +188,11 @@ def step_metrics(result: StepResult, suffix: str) -> dict[str, float]:
     the processes is the mean over the global batch. Every process must call this (it
     communicates), and every process gets the same numbers.
     """
-    # This process's means, `[4]`
-    local = torch.stack([result.ce.detach().float(), result.accuracy.float(),
-                         result.routing.load_balancing_loss.detach().float(), result.routing.z_loss.detach().float()])
+    # This process's means, `[4]` (a z-loss not in the loss is computed here, without a graph)
+    with torch.no_grad():
+        local = torch.stack([result.ce.detach().float(), result.accuracy.float(),
+                             result.routing.load_balancing_loss.detach().float(),
+                             result.routing.z_loss.detach().float()])
     # Averaged over the processes (one all-reduce)
     ce, accuracy, lb_loss, z_loss = PG.mean_over_ranks(local).tolist()
     #

@@ -33,8 +33,8 @@ of the same $d_{ff}$: same FLOPs, $N$ times fewer FFN parameters.
 `build_transformer(kind="dense", ...)` builds it from the same arguments.
 """
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -92,20 +92,31 @@ class SwitchTransformerLayer(nn.Module):
         return x, routing
 
 
-@dataclass
 class TransformerRouting:
     """
     ## What the whole stack reports
 
     The per-layer results, and the auxiliary losses summed over layers (the
-    paper adds one load-balancing loss per Switch layer).
+    paper adds one load-balancing loss per Switch layer). Like each layer's
+    `RoutingResult`, a sum is computed when first read: a loss nobody reads
+    (the z-loss, when its coefficient is zero) costs nothing.
     """
-    # One `RoutingResult` per Switch layer, bottom first; empty for a dense model
-    layers: list[RoutingResult]
-    # $\sum_{\text{layers}} N \sum_i f_i P_i$ (zero for a dense model)
-    load_balancing_loss: torch.Tensor
-    # $\sum_{\text{layers}} \mathcal{L}_z$ (zero for a dense model)
-    z_loss: torch.Tensor
+
+    def __init__(self, layers: list[RoutingResult], zero: torch.Tensor):
+        # One `RoutingResult` per Switch layer, bottom first; empty for a dense model
+        self.layers = layers
+        # A float32 zero on the model's device, the sum of no losses
+        self._zero = zero
+
+    @functools.cached_property
+    def load_balancing_loss(self) -> torch.Tensor:
+        r"""$\sum_{\text{layers}} N \sum_i f_i P_i$ (zero for a dense model)."""
+        return sum((r.load_balancing_loss for r in self.layers), self._zero)
+
+    @functools.cached_property
+    def z_loss(self) -> torch.Tensor:
+        r"""$\sum_{\text{layers}} \mathcal{L}_z$ (zero for a dense model)."""
+        return sum((r.z_loss for r in self.layers), self._zero)
 
 
 class SwitchTransformer(nn.Module):
@@ -137,13 +148,8 @@ class SwitchTransformer(nn.Module):
             x, routing = layer(x=x, mask=mask, is_causal=is_causal)
             if routing is not None:
                 results.append(routing)
-        # Sum the auxiliary losses over the Switch layers
-        zero = x.new_zeros((), dtype=torch.float32)
-        routing = TransformerRouting(
-            layers=results,
-            load_balancing_loss=sum((r.load_balancing_loss for r in results), zero),
-            z_loss=sum((r.z_loss for r in results), zero),
-        )
+        # The auxiliary losses, summed over the Switch layers when read
+        routing = TransformerRouting(results, x.new_zeros((), dtype=torch.float32))
         return self.norm(x), routing
 
 

@@ -16,7 +16,7 @@ from labml_nn_switch import cli
 from labml_nn_switch import configs
 from labml_nn_switch import experiment as ex
 from labml_nn_switch.checkpoint import checkpoints_in, find_checkpoint, load_checkpoint
-from labml_nn_switch.switch import SwitchConfig
+from labml_nn_switch.switch import SwitchConfig, router_z_loss
 from labml_nn_switch.transformer import build_transformer
 from shared_text import SHAKESPEARE, needs_text
 
@@ -184,6 +184,27 @@ def test_model_is_causal():
         b, _ = model(y)
     assert torch.allclose(a[:7], b[:7], atol=1e-6)
     assert not torch.allclose(a[7:], b[7:])
+
+
+@pytest.mark.parametrize("z_loss_coef", [0.0, 1e-3])
+def test_the_z_loss_is_computed_with_a_graph_only_when_it_is_in_the_loss(z_loss_coef):
+    # The step logs the z-loss either way; with a zero coefficient it is computed for
+    # the log alone, without a graph, and the loss is the same as without it
+    torch.manual_seed(0)
+    model = ex.AutoregressiveModel(n_vocab=10, d_model=16, max_len=12,
+                                   transformer=build_transformer(n_layers=2, d_model=16, n_heads=2, d_ff=32,
+                                                                 n_experts=2, dropout=0.0, expert_dropout=0.0))
+    x = torch.randint(10, (12, 3))
+    result = ex.compute_loss(model, x, x, lb_alpha=0.01, z_loss_coef=z_loss_coef, autocast=False)
+    layers = result.routing.layers
+    assert all(("z" in r._losses) == bool(z_loss_coef) for r in layers)
+    metrics = ex.step_metrics(result, "train")
+    assert all("z" in r._losses for r in layers)
+    assert all(r._losses["z"].requires_grad == bool(z_loss_coef) for r in layers)
+    z_loss = sum(router_z_loss(r.logits) for r in layers)
+    assert math.isclose(metrics["z_loss.train"], float(z_loss), rel_tol=1e-5)
+    expected = result.ce + 0.01 * sum(r.load_balancing_loss for r in layers) + z_loss_coef * z_loss
+    torch.testing.assert_close(result.loss, expected)
 
 
 def test_presets_are_overrides():

@@ -157,12 +157,12 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("name, allowed", [
     ("feed_forward.py", {"torch", "math"}),
     # `feed_forward` bare: the fallback import of a flat copy beside feed_forward.py
-    ("switch.py", {"torch", "dataclasses", "fractions", ".feed_forward", "feed_forward"}),
+    ("switch.py", {"torch", "dataclasses", "fractions", "functools", ".feed_forward", "feed_forward"}),
     ("mha.py", {"torch"}),
-    ("transformer.py", {"torch", "collections", "dataclasses", ".feed_forward", ".mha", ".switch"}),
+    ("transformer.py", {"torch", "collections", "functools", ".feed_forward", ".mha", ".switch"}),
 ])
 def test_model_files_import_only_torch_and_each_other(name, allowed):
-    # Only torch, the standard library's math/dataclasses/collections, and sibling model files
+    # Only torch, the standard library's math/dataclasses/collections/functools, and sibling model files
     assert imported_modules(PACKAGE / name) <= allowed
 
 
