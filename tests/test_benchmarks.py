@@ -35,6 +35,19 @@ def test_bench_layer_writes_every_candidate_and_ratio(tmp_path):
     assert "| 256, 12, 20, 4 |" in out.with_suffix(".md").read_text()
 
 
+def test_bench_floor_writes_both_ways_and_the_lower(tmp_path):
+    out = tmp_path / "floor.json"
+    run("bench_floor.py", "--sizes", "256,12,20,4", "512,8,16,8", "--rounds", "3", "--warmup", "1", "--out", str(out))
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["tokens"], r["n_experts"]) for r in rows] == [(256, 4), (512, 8)]
+    for row in rows:
+        assert all(row[k]["ratio_min"] <= row[k]["ratio_to_dense"] <= row[k]["ratio_max"] for k in ("bmm", "loop"))
+        # The floor is, round by round, the faster of the two
+        assert row["floor"]["ratio_max"] <= max(row["bmm"]["ratio_max"], row["loop"]["ratio_max"])
+        assert row["floor"]["ratio_min"] == min(row["bmm"]["ratio_min"], row["loop"]["ratio_min"])
+    assert "| 512, 8, 16, 8 |" in out.with_suffix(".md").read_text()
+
+
 def test_bench_train_writes_the_ratio(tmp_path):
     out = tmp_path / "train.json"
     run("bench_train.py", "--repeats", "1", "--warmup", "0", "--out", str(out))
