@@ -28,8 +28,9 @@ This file holds two modules:
 * `FeedForward`: one FFN, the dense layer (and the FLOP-matched dense baseline);
 * `Experts`: $N$ FFNs whose weights are stacked into tensors with a leading
   expert dimension, so that all experts run in one batched (`bmm`) or grouped
-  (`grouped_mm`) matrix multiplication on a GPU, and each expert on its own
-  contiguous run of rows, with no padding, on the CPU (`ExpertRows`).
+  (`grouped_mm`) matrix multiplication on a GPU, and on the CPU on exactly their
+  kept rows, neighbouring experts of about equal counts in one `bmm`
+  (`ExpertRows`).
 
 A note on cost: a plain FFN does $2 \cdot 2\, d_{model} d_{ff}$ FLOPs per token
 forward (two matrix multiplications, a multiply and an add each). A gated one
@@ -262,9 +263,10 @@ class Experts(nn.Module):
       (the layout of Mesh-TensorFlow and GShard); `torch.bmm` multiplies them,
       empty slots included. Works for every dtype and size.
     * `forward_rows`: the CPU path. The host already knows how many rows each
-      expert has, so each expert multiplies exactly its kept rows (no padding,
-      no dropped token), the combine is folded in, and backward keeps only the
-      hidden layer (`ExpertRows`).
+      expert has, so the experts multiply exactly their kept rows (no dropped
+      token, and padding only where grouping experts into one `bmm` pays), the
+      combine is folded in, and backward keeps only the hidden layer
+      (`ExpertRows`).
     """
 
     def __init__(self, *, n_experts: int, d_model: int, d_ff: int, dropout: float = 0.1,
@@ -456,18 +458,18 @@ class ExpertRows(torch.autograd.Function):
     $$y_{r_k} = s_k \Big( W_2^{(e)\top} \mathrm{Dropout}\big(\mathrm{act}(W_1^{(e)\top} x_{r_k} + b_1^{(e)})\big) + b_2^{(e)} \Big)$$
 
     **Groups of experts, one `bmm` each.** One matrix multiplication per
-    expert is slow when the experts are many or small: each call has a fixed
-    cost and splits its small product over the threads on its own. `torch.bmm`
-    runs a whole stack of equal products in one call, but needs every expert
-    to have the same number of rows. So neighbouring experts are grouped
+    expert is slower than one `torch.bmm` over the same products, the more so
+    the smaller they are (`CALL_COST`). But `bmm` needs every expert of its
+    stack to have the same number of rows. So neighbouring experts are grouped
     (`_expert_blocks`): $k$ experts of at most $m$ kept rows each get $m$
     *slots* each, in one `[k, m, d_model]` tensor. The slots an expert does not
     fill repeat its last kept row with a gate of zero: they add nothing to any
     output or gradient, but they cost arithmetic. A group grows while its
-    padding costs less than the calls it saves (`CALL_COST`): small experts
-    are grouped even when their counts differ by a tenth (all four experts of
-    the experiment run in one `bmm`), large ones only when their counts are
-    (nearly) equal, and otherwise each expert is a group of one, with no
+    padding costs less than the calls it saves: experts of
+    $128 \times 256$, the experiment's, may add 64 padding rows per call
+    saved, so its four experts share one `bmm` while their counts are about
+    even; experts of $512 \times 2048$ may add 2, so only (nearly) equal
+    counts are grouped. Otherwise each expert is a group of one, with no
     padding at all. Dropped tokens are never computed.
 
     The slots' scaled outputs are collected in one `[n_slots + 1, d_model]`

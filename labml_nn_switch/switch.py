@@ -41,8 +41,8 @@ Four things make it work at scale, and each is a section below:
 4. **Vectorised dispatch**: tokens are sorted by expert, so each expert's
    tokens form one contiguous block; on a GPU all experts run in one grouped
    matrix multiplication with no host synchronisation; on the CPU, where the
-   host reads the counts for free, each expert multiplies exactly its own
-   block of kept tokens.
+   host reads the counts for free, the experts multiply exactly their kept
+   tokens, neighbouring experts with about as many in one batched product.
 
 The file imports nothing but torch and [`feed_forward.py`](feed_forward.py):
 copy both into your project.
@@ -511,12 +511,13 @@ class SwitchFeedForward(nn.Module):
     def _run_blocks(self, x: torch.Tensor, plan: DispatchPlan, capacity: int | None,
                     scale: torch.Tensor) -> torch.Tensor:
         r"""
-        ### The CPU path: expert by expert, combine included
+        ### The CPU path: the kept tokens only, combine included
 
         The counts are already in host memory, so reading them costs nothing.
         Expert $e$ keeps $\min(T f_e, C)$ tokens, the first of its run in the
-        sorted order; [`Experts.forward_rows`](feed_forward.py) runs each
-        expert on exactly its kept tokens, and each token reads its
+        sorted order; [`Experts.forward_rows`](feed_forward.py) runs the
+        experts on exactly their kept tokens (grouping neighbours of about
+        equal counts into one batched product), and each token reads its
         $p_{i^*}(x) E_{i^*}(x)$ from there into its row of the output.
         Dropped tokens are not computed at all; their rows are zero.
         """
