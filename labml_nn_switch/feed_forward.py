@@ -443,6 +443,9 @@ CHUNK_ELEMENTS = 1 << 22
 # Experts are grouped into one `bmm` while the padding this adds costs fewer
 # multiply-adds than the calls it saves.
 CALL_COST = 1 << 21
+# The most padding a group may have, as a fraction of its kept rows: it is kept for
+# backward like the rows, so this bounds the memory it adds.
+MAX_PADDING = 1 / 8
 
 
 class ExpertRows(torch.autograd.Function):
@@ -469,8 +472,9 @@ class ExpertRows(torch.autograd.Function):
     $128 \times 256$, the experiment's, may add 64 padding rows per call
     saved, so its four experts share one `bmm` while their counts are about
     even; experts of $512 \times 2048$ may add 2, so only (nearly) equal
-    counts are grouped. Otherwise each expert is a group of one, with no
-    padding at all. Dropped tokens are never computed.
+    counts are grouped. A group's padding never exceeds `MAX_PADDING` of its
+    kept rows. Otherwise each expert is a group of one, with no padding at
+    all. Dropped tokens are never computed.
 
     The slots' scaled outputs are collected in one `[n_slots + 1, d_model]`
     tensor whose last row is zero, and each token reads its own row there (a
@@ -496,7 +500,7 @@ class ExpertRows(torch.autograd.Function):
     is the derivative; for other activations the pre-activation, from which
     backward recomputes the rest. The gathered input is gathered again rather
     than kept. So the saved activations are about those of the dense FFN
-    (dropped tokens have none; padding is a few rows per expert).
+    (dropped tokens have none; padding adds at most `MAX_PADDING`).
 
     **Backward.** The gate $s_k$ multiplies row $k$'s whole gradient, so we
     scale the output's gradient $g_k$ once, where it enters, on the narrow
@@ -633,7 +637,8 @@ def _expert_blocks(sizes: list[int], d_model: int, d_hidden: int) -> tuple[list[
     slot `s0` on; `first` says the block holds the first rows of its experts.
     Neighbouring experts are grouped while the padding's multiply-adds (a
     padding row costs about `d_model * d_hidden` in each product) stay under
-    `CALL_COST` per call saved, and the hidden layer within `CHUNK_ELEMENTS`;
+    `CALL_COST` per call saved, the padding within `MAX_PADDING` of the rows,
+    and the hidden layer within `CHUNK_ELEMENTS`;
     an expert with more rows than that limit is cut into blocks of one expert.
     Experts without rows are in no block.
     """
@@ -653,7 +658,8 @@ def _expert_blocks(sizes: list[int], d_model: int, d_hidden: int) -> tuple[list[
         while e1 < len(sizes) and sizes[e1] > 0 and n > 0:
             m_next, k_next = max(m, sizes[e1]), e1 + 1 - e0
             padding = m_next * k_next - n_rows - sizes[e1]
-            if m_next * k_next > step or padding * d_model * d_hidden > (k_next - 1) * CALL_COST:
+            if (m_next * k_next > step or padding * d_model * d_hidden > (k_next - 1) * CALL_COST
+                    or padding > MAX_PADDING * (n_rows + sizes[e1])):
                 break
             e1, m, n_rows = e1 + 1, m_next, n_rows + sizes[e1]
         if n > 0:

@@ -515,11 +515,12 @@ def test_blocks_path_saves_about_what_the_dense_ffn_saves():
     _, result = ff(x)
     # The hidden layer is kept for the kept tokens' slots only: the kept rows and a
     # little padding (each row of it worth less than a call saved), a fraction of the dense one's
-    from labml_nn_switch.feed_forward import CALL_COST, _expert_blocks
+    from labml_nn_switch.feed_forward import CALL_COST, MAX_PADDING, _expert_blocks
     sizes = result.counts.clamp(max=result.capacity).tolist()
     blocks, n_slots = _expert_blocks(sizes, 32, 256)
     calls_saved = sum(e1 - e0 - 1 for e0, e1, *_ in blocks)
     assert sum(sizes) <= n_slots <= sum(sizes) + calls_saved * CALL_COST / (32 * 256) and sum(sizes) < 256
+    assert n_slots <= (1 + MAX_PADDING) * sum(sizes)
     # ... plus the router's few `[n_tokens, n_experts]` tensors and the slots' `[n_tokens]` maps
     assert saved_bytes(ff, x) <= (n_slots / 256 + 0.07) * saved_bytes(dense, x)
 
@@ -596,6 +597,7 @@ def test_blocks_path_with_and_without_padded_groups_matches_reference(monkeypatc
     # padding, which must add nothing
     from labml_nn_switch import feed_forward
     monkeypatch.setattr(feed_forward, "CALL_COST", call_cost)
+    monkeypatch.setattr(feed_forward, "MAX_PADDING", 100.0 if call_cost else 0.0)
     for options in CASES:
         ff = make_layer(**options)
         x = torch.randn(15, 2, 8, dtype=torch.float64)
@@ -604,6 +606,20 @@ def test_blocks_path_with_and_without_padded_groups_matches_reference(monkeypatc
     blocks, n_slots = feed_forward._expert_blocks(sizes, 8, 16)
     assert sorted(e for e0, e1, *_ in blocks for e in range(e0, e1)) == [0, 1, 3, 4]
     assert n_slots == (sum(sizes) if call_cost == 0 else 10 + 14)
+
+
+def test_groups_padding_is_bounded_by_the_calls_saved_and_by_the_rows(monkeypatch):
+    from labml_nn_switch import feed_forward
+    monkeypatch.setattr(feed_forward, "MAX_PADDING", 1 / 8)
+    monkeypatch.setattr(feed_forward, "CALL_COST", 2 * 8 * 16)
+    # Two padding rows are worth one call: 8 and 7 share a `bmm` (1 padding row of 15),
+    # 8 and 5 do not (3 rows cost more than the call; and more than an eighth of 13)
+    assert feed_forward._expert_blocks([8, 7], 8, 16) == ([(0, 2, 8, 0, True)], 16)
+    assert feed_forward._expert_blocks([8, 5], 8, 16) == ([(0, 1, 8, 0, True), (1, 2, 5, 8, True)], 13)
+    # Calls free of cost: only the rows' bound is left, 2 of 16 rows
+    monkeypatch.setattr(feed_forward, "CALL_COST", 1 << 30)
+    assert feed_forward._expert_blocks([8, 8, 6], 8, 16) == ([(0, 3, 8, 0, True)], 24)
+    assert feed_forward._expert_blocks([8, 8, 5], 8, 16)[1] == 21
 
 
 def test_weight_gradient_memory_is_reused_only_when_nobody_holds_it():
