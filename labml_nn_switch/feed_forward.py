@@ -483,10 +483,11 @@ class ExpertRows(torch.autograd.Function):
     five times faster on the CPU than writing them to their tokens
     (`index_copy_`); the input's gradient goes back the same way.
 
-    A group's hidden layer stays under `CHUNK_ELEMENTS`; an expert with more
-    rows than that is cut over several blocks, its weight gradient summed over
-    them. The element-wise work (activation, dropout, gates) is done once per
-    block.
+    The groups are packed, in order, into chunks whose hidden layer stays
+    under `CHUNK_ELEMENTS` (`_chunks`): the element-wise work (activation,
+    dropout, gates, gathers) runs once per chunk, only the products once per
+    group. An expert with more rows than a chunk holds is cut over several
+    chunks, its weight gradient summed over them.
 
     The weight gradients are written into memory kept from the last step when
     nobody holds it any more (`reusable_gradient`), and the values that never
@@ -520,25 +521,27 @@ class ExpertRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, rows, scale, w1, b1, w2, b2, sizes, activation, p, memory):
-        blocks, n_slots = _expert_blocks(sizes, x.shape[1], w1.shape[-1])
+        groups, n_slots = _expert_blocks(sizes, x.shape[1], w1.shape[-1])
+        chunks = _chunks(groups, w1.shape[-1])
         # Where each kept row sits among the slots, the token and the gate of each slot
         # (padding slots: their expert's last kept row, with a gate of zero),
         # and for each token the slot it reads (`n_slots`, the zero row, if dropped)
-        slot_of_row, slot_token, slot_scale = _slots(rows, scale, sizes, blocks, n_slots)
+        slot_of_row, slot_token, slot_scale = _slots(rows, scale, sizes, groups, n_slots)
         source = _token_sources(rows, slot_of_row, x.shape[0], n_slots)
         # The slots' scaled outputs and a last row of zeros: `[n_slots + 1, d_model]`
         d_model = w2.shape[-1]
         u = work_space(memory, "narrow", n_slots + 1, d_model, x)
         u[n_slots].zero_()
         hidden, masks = [], []
-        for e0, e1, m, s0, _ in blocks:
-            k, s1 = e1 - e0, s0 + (e1 - e0) * m
-            # The block's tokens: `[k, m, d_model]`, expert by expert
-            xb = torch.index_select(x, 0, slot_token[s0:s1], out=work_space(memory, "x", s1 - s0, x.shape[1], x))
-            xb = xb.view(k, m, -1)
-            # $W_1^\top x + b_1$ for the $k$ experts at once: `[k, m, d_hidden]`
-            h = xb.new_empty(k, m, w1.shape[-1])
-            _batched_linear_into(h, xb, w1[e0:e1], None if b1 is None else b1[e0:e1])
+        for c0, c1, chunk_groups in chunks:
+            # The chunk's tokens, slot by slot: `[c1 - c0, d_model]`
+            xc = torch.index_select(x, 0, slot_token[c0:c1], out=work_space(memory, "x", c1 - c0, x.shape[1], x))
+            # $W_1^\top x + b_1$, each group of $k$ experts in one product: `[c1 - c0, d_hidden]`
+            h = xc.new_empty(c1 - c0, w1.shape[-1])
+            for e0, e1, m, s0, _ in chunk_groups:
+                a, b = s0 - c0, s0 - c0 + (e1 - e0) * m
+                _batched_linear_into(h[a:b].view(e1 - e0, m, -1), xc[a:b].view(e1 - e0, m, -1), w1[e0:e1],
+                                     None if b1 is None else b1[e0:e1])
             # The activation: in place for ReLU, whose output is all backward needs;
             # other activations keep their input $h$ for backward
             act = h.relu_() if activation == "relu" else activate(h, activation)
@@ -549,19 +552,22 @@ class ExpertRows(torch.autograd.Function):
                 act = act.mul_(mask).div_(1 - p)
                 if activation != "relu":
                     masks.append(mask.bool())
-            # $u = W_2^\top a + b_2$, scaled by the slots' gates
-            _batched_linear_into(u[s0:s1].view(k, m, d_model), act, w2[e0:e1], None if b2 is None else b2[e0:e1])
-            u[s0:s1].mul_(slot_scale[s0:s1, None])
+            # $u = W_2^\top a + b_2$, each group in one product, then scaled by the slots' gates
+            for e0, e1, m, s0, _ in chunk_groups:
+                a, b = s0 - c0, s0 - c0 + (e1 - e0) * m
+                _batched_linear_into(u[s0:s0 + b - a].view(e1 - e0, m, -1), act[a:b].view(e1 - e0, m, -1),
+                                     w2[e0:e1], None if b2 is None else b2[e0:e1])
+            u[c0:c1].mul_(slot_scale[c0:c1, None])
         ctx.save_for_backward(x, slot_of_row, slot_token, slot_scale, source, w1, b1, w2, b2, *hidden, *masks)
-        ctx.blocks, ctx.n_slots, ctx.activation, ctx.p, ctx.memory = blocks, n_slots, activation, p, memory
+        ctx.chunks, ctx.n_slots, ctx.activation, ctx.p, ctx.memory = chunks, n_slots, activation, p, memory
         # Each token reads its slot's row of `u` (a gather)
         return torch.index_select(u, 0, source)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, slot_of_row, slot_token, slot_scale, source, w1, b1, w2, b2, *rest = ctx.saved_tensors
-        blocks, n_slots, p = ctx.blocks, ctx.n_slots, ctx.p
-        hidden, masks = rest[:len(blocks)], rest[len(blocks):]
+        chunks, n_slots, p = ctx.chunks, ctx.n_slots, ctx.p
+        hidden, masks = rest[:len(chunks)], rest[len(chunks):]
         relu = ctx.activation == "relu"
         d_model, d_ff = x.shape[1], w2.shape[1]
         # The input's gradient of every slot, and a row of zeros for the dropped tokens
@@ -569,23 +575,24 @@ class ExpertRows(torch.autograd.Function):
         dx[n_slots].zero_()
         grad_slot_scale = torch.empty_like(slot_scale)
         # The weight gradients, in reused memory; each expert's is written by the
-        # first block of its rows, or zeroed when it has no kept token
+        # first group of its rows, or zeroed when it has no kept token
         grad_w1 = reusable_gradient(ctx.memory, "w1", w1)
         grad_w2 = reusable_gradient(ctx.memory, "w2", w2)
-        for e in set(range(w1.shape[0])) - {e for e0, e1, *_ in blocks for e in range(e0, e1)}:
+        for e in set(range(w1.shape[0])) - {e for *_, groups in chunks for e0, e1, *_ in groups for e in range(e0, e1)}:
             grad_w1[e].zero_()
             grad_w2[e].zero_()
         grad_b1 = torch.zeros_like(b1) if b1 is not None else None
         grad_b2 = torch.zeros_like(b2) if b2 is not None else None
-        for i, (e0, e1, m, s0, first) in enumerate(blocks):
-            k, s1 = e1 - e0, s0 + (e1 - e0) * m
-            s = slot_scale[s0:s1, None]
-            # The output's gradient on the block's slots, times the gates: `[k, m, d_model]`
-            g = torch.index_select(grad_out, 0, slot_token[s0:s1],
-                                   out=work_space(ctx.memory, "g", s1 - s0, d_model, grad_out)).mul_(s).view(k, m, -1)
-            # $W_2 (s g)$: `[k, m, d_ff]`
-            ga = work_space(ctx.memory, "ga", s1 - s0, d_ff, grad_out).view(k, m, -1)
-            torch.bmm(g, w2[e0:e1].transpose(1, 2), out=ga)
+        for i, (c0, c1, chunk_groups) in enumerate(chunks):
+            s = slot_scale[c0:c1, None]
+            # The output's gradient on the chunk's slots, times the gates: `[c1 - c0, d_model]`
+            g = torch.index_select(grad_out, 0, slot_token[c0:c1],
+                                   out=work_space(ctx.memory, "g", c1 - c0, d_model, grad_out)).mul_(s)
+            # $W_2 (s g)$, each group in one product: `[c1 - c0, d_ff]`
+            ga = work_space(ctx.memory, "ga", c1 - c0, d_ff, grad_out)
+            for e0, e1, m, s0, _ in chunk_groups:
+                a, b = s0 - c0, s0 - c0 + (e1 - e0) * m
+                torch.bmm(g[a:b].view(e1 - e0, m, -1), w2[e0:e1].transpose(1, 2), out=ga[a:b].view(e1 - e0, m, -1))
             if relu:
                 act = hidden[i]
             else:
@@ -596,14 +603,8 @@ class ExpertRows(torch.autograd.Function):
                     if masks:
                         act = act * masks[i] / (1 - p)
             # The gates' gradient, $\big((W_2 s g) \cdot a + s g \cdot b_2\big) / s$ for each slot
-            product = torch.mul(ga, act, out=work_space(ctx.memory, "product", s1 - s0, ga.shape[-1], ga).view(k, m, -1))
-            grad_s = product.sum(-1)
-            if b2 is not None:
-                grad_s += torch.bmm(g, b2[e0:e1, :, None])[..., 0]
-                grad_b2[e0:e1] += g.sum(1)
-            # (padding slots divide zero by zero; their values are never read)
-            torch.div(grad_s.view(-1), slot_scale[s0:s1], out=grad_slot_scale[s0:s1])
-            # Through the activation: `[k, m, d_hidden]`
+            grad_s = torch.mul(ga, act, out=work_space(ctx.memory, "product", c1 - c0, d_ff, ga)).sum(-1)
+            # Through the activation: `[c1 - c0, d_hidden]`
             if relu:
                 # ReLU's own backward kernel, in place: `ga` where `a > 0`, else 0
                 gh = torch.ops.aten.threshold_backward.grad_input(ga, act, 0, grad_input=ga)
@@ -611,15 +612,21 @@ class ExpertRows(torch.autograd.Function):
                     gh.div_(1 - p)
             else:
                 (gh,) = torch.autograd.grad(act, h, ga)
-            if b1 is not None:
-                grad_b1[e0:e1] += gh.sum(1)
-            # The block's input again (cheaper than keeping it)
-            xb = torch.index_select(x, 0, slot_token[s0:s1], out=work_space(ctx.memory, "x", s1 - s0, d_model, x))
-            xb = xb.view(k, m, -1)
-            # $W_2$'s gradient $a^\top (s g)$, $W_1$'s $x^\top g_h$, the input's $g_h W_1^\top$
-            _bmm_into(grad_w2[e0:e1], act.detach().transpose(1, 2), g, first)
-            _bmm_into(grad_w1[e0:e1], xb.transpose(1, 2), gh, first)
-            torch.bmm(gh, w1[e0:e1].transpose(1, 2), out=dx[s0:s1].view(k, m, d_model))
+            # The chunk's input again (cheaper than keeping it)
+            xc = torch.index_select(x, 0, slot_token[c0:c1], out=work_space(ctx.memory, "x", c1 - c0, d_model, x))
+            for e0, e1, m, s0, first in chunk_groups:
+                k, a, b = e1 - e0, s0 - c0, s0 - c0 + (e1 - e0) * m
+                gk, ghk = g[a:b].view(k, m, -1), gh[a:b].view(k, m, -1)
+                if b2 is not None:
+                    grad_s[a:b] += torch.bmm(gk, b2[e0:e1, :, None]).view(-1)
+                    grad_b2[e0:e1] += gk.sum(1)
+                    grad_b1[e0:e1] += ghk.sum(1)
+                # $W_2$'s gradient $a^\top (s g)$, $W_1$'s $x^\top g_h$, the input's $g_h W_1^\top$
+                _bmm_into(grad_w2[e0:e1], act[a:b].detach().view(k, m, -1).transpose(1, 2), gk, first)
+                _bmm_into(grad_w1[e0:e1], xc[a:b].view(k, m, -1).transpose(1, 2), ghk, first)
+                torch.bmm(ghk, w1[e0:e1].transpose(1, 2), out=dx[s0:s0 + b - a].view(k, m, -1))
+            # (padding slots divide zero by zero; their values are never read)
+            torch.div(grad_s, slot_scale[c0:c1], out=grad_slot_scale[c0:c1])
         # Each token reads its slot's gradient (zero if dropped)
         need = ctx.needs_input_grad
         grad_x = torch.index_select(dx, 0, source) if need[0] else None
@@ -667,6 +674,24 @@ def _expert_blocks(sizes: list[int], d_model: int, d_hidden: int) -> tuple[list[
             s0 += (e1 - e0) * m
         e0 = e1
     return blocks, s0
+
+
+def _chunks(groups: list[tuple[int, int, int, int, bool]], d_hidden: int) -> list[tuple[int, int, list]]:
+    """
+    The groups packed, in order, into chunks `(first slot, end slot, groups)` whose
+    hidden layer stays within `CHUNK_ELEMENTS`: the element-wise work runs once
+    per chunk, only the products once per group.
+    """
+    step = max(1, CHUNK_ELEMENTS // d_hidden)
+    chunks = []
+    for group in groups:
+        e0, e1, m, s0, _ = group
+        s1 = s0 + (e1 - e0) * m
+        if chunks and s1 - chunks[-1][0] <= step:
+            chunks[-1] = (chunks[-1][0], s1, chunks[-1][2] + [group])
+        else:
+            chunks.append((s0, s1, [group]))
+    return chunks
 
 
 def _slots(rows: torch.Tensor, scale: torch.Tensor, sizes: list[int], blocks: list, n_slots: int):

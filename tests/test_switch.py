@@ -622,6 +622,13 @@ def test_groups_padding_is_bounded_by_the_calls_saved_and_by_the_rows(monkeypatc
     assert feed_forward._expert_blocks([8, 8, 5], 8, 16)[1] == 21
 
 
+def test_groups_are_packed_into_chunks_in_order(monkeypatch):
+    from labml_nn_switch import feed_forward
+    monkeypatch.setattr(feed_forward, "CHUNK_ELEMENTS", 25 * 4)
+    groups = [(0, 2, 8, 0, True), (2, 3, 5, 16, True), (3, 4, 9, 21, True), (4, 5, 25, 30, True)]
+    assert feed_forward._chunks(groups, 4) == [(0, 21, groups[:2]), (21, 30, groups[2:3]), (30, 55, groups[3:])]
+
+
 def test_weight_gradient_memory_is_reused_only_when_nobody_holds_it():
     # 16 experts and 12 tokens: most experts get no token, and which ones changes from
     # step to step, so stale values in reused memory would show
