@@ -436,6 +436,12 @@ def work_space(memory: dict[str, torch.Tensor], key: str, rows: int, cols: int, 
 # time (glibc maps it on its own), and touching it page by page costs time.
 CHUNK_ELEMENTS = 1 << 22
 
+# The most elements of a hidden layer into which small groups of experts are
+# packed, so that their element-wise work runs once: 4 MiB of float32. Larger
+# chunks than the groups themselves need cost fresh pages: packing up to 16 MiB
+# took 4,000 to 6,000 page faults per step at 8 experts of $512 \times 2048$.
+PACK_ELEMENTS = 1 << 20
+
 # What one call of a matrix multiplication costs beyond its arithmetic, counted
 # in multiply-adds: about two million on a 2-core AVX-512 CPU, where four
 # experts of 512 rows of $128 \times 256$ run 16% faster in one `bmm` than in
@@ -483,11 +489,12 @@ class ExpertRows(torch.autograd.Function):
     five times faster on the CPU than writing them to their tokens
     (`index_copy_`); the input's gradient goes back the same way.
 
-    The groups are packed, in order, into chunks whose hidden layer stays
-    under `CHUNK_ELEMENTS` (`_chunks`): the element-wise work (activation,
+    Small groups are packed, in order, into chunks whose hidden layer stays
+    under `PACK_ELEMENTS` (`_chunks`): the element-wise work (activation,
     dropout, gates, gathers) runs once per chunk, only the products once per
-    group. An expert with more rows than a chunk holds is cut over several
-    chunks, its weight gradient summed over them.
+    group. No group's hidden layer exceeds `CHUNK_ELEMENTS`: an expert with
+    more rows than that is cut over several chunks, its weight gradient
+    summed over them.
 
     The weight gradients are written into memory kept from the last step when
     nobody holds it any more (`reusable_gradient`), and the values that never
@@ -678,11 +685,12 @@ def _expert_blocks(sizes: list[int], d_model: int, d_hidden: int) -> tuple[list[
 
 def _chunks(groups: list[tuple[int, int, int, int, bool]], d_hidden: int) -> list[tuple[int, int, list]]:
     """
-    The groups packed, in order, into chunks `(first slot, end slot, groups)` whose
-    hidden layer stays within `CHUNK_ELEMENTS`: the element-wise work runs once
-    per chunk, only the products once per group.
+    The groups packed, in order, into chunks `(first slot, end slot, groups)`
+    whose hidden layer stays within `PACK_ELEMENTS` (a group larger than that
+    is a chunk of its own): the element-wise work runs once per chunk, only the
+    products once per group.
     """
-    step = max(1, CHUNK_ELEMENTS // d_hidden)
+    step = max(1, PACK_ELEMENTS // d_hidden)
     chunks = []
     for group in groups:
         e0, e1, m, s0, _ = group

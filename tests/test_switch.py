@@ -585,6 +585,7 @@ def test_blocks_path_in_small_chunks_matches_reference(monkeypatch, chunk):
     # rows cut into several blocks (its weight gradient summed over them)
     from labml_nn_switch import feed_forward
     monkeypatch.setattr(feed_forward, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(feed_forward, "PACK_ELEMENTS", chunk)
     for options in (dict(n_experts=3), dict(n_experts=1, drop_tokens=False), dict(n_experts=4, activation="gelu")):
         ff = make_layer(**options)
         assert_matches_reference(ff, torch.randn(15, 2, 8, dtype=torch.float64), atol=1e-10)
@@ -624,9 +625,10 @@ def test_groups_padding_is_bounded_by_the_calls_saved_and_by_the_rows(monkeypatc
 
 def test_groups_are_packed_into_chunks_in_order(monkeypatch):
     from labml_nn_switch import feed_forward
-    monkeypatch.setattr(feed_forward, "CHUNK_ELEMENTS", 25 * 4)
-    groups = [(0, 2, 8, 0, True), (2, 3, 5, 16, True), (3, 4, 9, 21, True), (4, 5, 25, 30, True)]
-    assert feed_forward._chunks(groups, 4) == [(0, 21, groups[:2]), (21, 30, groups[2:3]), (30, 55, groups[3:])]
+    monkeypatch.setattr(feed_forward, "PACK_ELEMENTS", 25 * 4)
+    groups = [(0, 2, 8, 0, True), (2, 3, 5, 16, True), (3, 4, 9, 21, True), (4, 5, 30, 30, True)]
+    # A group larger than the packing limit is a chunk of its own
+    assert feed_forward._chunks(groups, 4) == [(0, 21, groups[:2]), (21, 30, groups[2:3]), (30, 60, groups[3:])]
 
 
 def test_weight_gradient_memory_is_reused_only_when_nobody_holds_it():
