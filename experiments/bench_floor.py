@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from bench_layer import RESULTS, SIZES, SWEEPS, build, forward, make_input, parse_size
+from labml_nn_switch import FeedForward
+from bench_layer import RESULTS, SIZES, SWEEPS, forward, make_input, parse_size, spread
 from machine import machine_meta
 
 
@@ -67,7 +68,9 @@ def products(n_tokens: int, d_model: int, d_ff: int, n_experts: int):
 
 
 def time_size(size, *, rounds: int, warmup: int) -> dict:
-    dense = build(size, candidates=["ours", "dense"])["dense"]
+    # The dense FFN alone: no Switch layer's bank of weights in this process
+    torch.manual_seed(0)
+    dense = FeedForward(d_model=size[1], d_ff=size[2], dropout=0.0).train()
     x = make_input(size).requires_grad_()
 
     def run_dense():
@@ -111,9 +114,8 @@ def main() -> None:
     for size in sizes:
         row = time_size(size, rounds=args.rounds, warmup=args.warmup)
         rows.append(row)
-        print(f"{size}: dense {row['dense_ms']:.1f} ms  " + "  ".join(
-            f"{k}/dense {row[k]['ratio_to_dense']:.2f} ({row[k]['ratio_min']:.2f}–{row[k]['ratio_max']:.2f})"
-            for k in ("bmm", "loop", "floor")))
+        print(f"{size}: dense {row['dense_ms']:.1f} ms  " + "  ".join(f"{k}/dense {spread(row[k])}"
+                                                                     for k in ("bmm", "loop", "floor")))
     meta = {**machine_meta(torch.device("cpu")), "rounds": args.rounds, "warmup": args.warmup,
             "command": " ".join(["python experiments/bench_floor.py"] + sys.argv[1:])}
     out = Path(out)
@@ -126,8 +128,7 @@ def main() -> None:
              "|---|---|---|---|---|"]
     for row in rows:
         cells = [f"{row['tokens']}, {row['d_model']}, {row['d_ff']}, {row['n_experts']}", f"{row['dense_ms']:.0f}"]
-        cells += [f"{row[k]['ratio_to_dense']:.2f} ({row[k]['ratio_min']:.2f}–{row[k]['ratio_max']:.2f})"
-                  for k in ("bmm", "loop", "floor")]
+        cells += [spread(row[k]) for k in ("bmm", "loop", "floor")]
         lines.append("| " + " | ".join(cells) + " |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out} and {out.with_suffix('.md')}")
