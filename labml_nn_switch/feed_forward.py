@@ -443,9 +443,9 @@ CHUNK_ELEMENTS = 1 << 22
 PACK_ELEMENTS = 1 << 20
 
 # What one call of a matrix multiplication costs beyond its arithmetic, counted
-# in multiply-adds: about two million on a 2-core AVX-512 CPU, where four
-# experts of 512 rows of $128 \times 256$ run 16% faster in one `bmm` than in
-# four calls, and experts of 512 rows of $512 \times 2048$ only 6% faster.
+# in multiply-adds. Two million is our estimate for a 2-core AVX-512 CPU, where
+# four experts of 512 rows of $128 \times 256$ run 16% faster in one `bmm` than
+# in four calls, and experts of 512 rows of $512 \times 2048$ only 6% faster.
 # Experts are grouped into one `bmm` while the padding this adds costs fewer
 # multiply-adds than the calls it saves.
 CALL_COST = 1 << 21
@@ -470,7 +470,7 @@ class ExpertRows(torch.autograd.Function):
     expert is slower than one `torch.bmm` over the same products, the more so
     the smaller they are (`CALL_COST`). But `bmm` needs every expert of its
     stack to have the same number of rows. So neighbouring experts are grouped
-    (`_expert_blocks`): $k$ experts of at most $m$ kept rows each get $m$
+    (`_expert_groups`): $k$ experts of at most $m$ kept rows each get $m$
     *slots* each, in one `[k, m, d_model]` tensor. The slots an expert does not
     fill repeat its last kept row with a gate of zero: they add nothing to any
     output or gradient, but they cost arithmetic. A group grows while its
@@ -528,7 +528,7 @@ class ExpertRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, rows, scale, w1, b1, w2, b2, sizes, activation, p, memory):
-        groups, n_slots = _expert_blocks(sizes, x.shape[1], w1.shape[-1])
+        groups, n_slots = _expert_groups(sizes, x.shape[1], w1.shape[-1])
         chunks = _chunks(groups, w1.shape[-1])
         # Where each kept row sits among the slots, the token and the gate of each slot
         # (padding slots: their expert's last kept row, with a gate of zero),
@@ -644,43 +644,45 @@ class ExpertRows(torch.autograd.Function):
                 grad_w2 if need[5] else None, grad_b2 if need[6] else None, None, None, None, None)
 
 
-def _expert_blocks(sizes: list[int], d_model: int, d_hidden: int) -> tuple[list[tuple[int, int, int, int, bool]], int]:
+def _expert_groups(sizes: list[int], d_model: int, d_hidden: int) -> tuple[list[tuple[int, int, int, int, bool]], int]:
     """
-    The blocks of work, and the number of slots they take. Each block is
+    The groups of experts, and the number of slots they take. Each group is
     `(e0, e1, m, s0, first)`: experts `e0` to `e1 - 1`, `m` slots each, from
-    slot `s0` on; `first` says the block holds the first rows of its experts.
+    slot `s0` on; `first` says the group holds the first rows of its experts.
     Neighbouring experts are grouped while the padding's multiply-adds (a
     padding row costs about `d_model * d_hidden` in each product) stay under
     `CALL_COST` per call saved, the padding within `MAX_PADDING` of the rows,
-    and the hidden layer within `CHUNK_ELEMENTS`;
-    an expert with more rows than that limit is cut into blocks of one expert.
-    Experts without rows are in no block.
+    and the hidden layer within `CHUNK_ELEMENTS`; an expert with more rows than
+    that limit is cut into several groups of one expert. Experts without rows
+    are in no group.
     """
     step = max(1, CHUNK_ELEMENTS // d_hidden)
-    blocks, s0, e0 = [], 0, 0
+    groups, s0, e0 = [], 0, 0
     while e0 < len(sizes):
         n = sizes[e0]
+        if n == 0:
+            e0 += 1
+            continue
         if n > step:
             # A long run, cut
             for a in range(0, n, step):
-                blocks.append((e0, e0 + 1, min(step, n - a), s0, a == 0))
+                groups.append((e0, e0 + 1, min(step, n - a), s0, a == 0))
                 s0 += min(step, n - a)
             e0 += 1
             continue
         # Grow a group from `e0` while the next expert fits
         e1, m, n_rows = e0 + 1, n, n
-        while e1 < len(sizes) and sizes[e1] > 0 and n > 0:
+        while e1 < len(sizes) and sizes[e1] > 0:
             m_next, k_next = max(m, sizes[e1]), e1 + 1 - e0
             padding = m_next * k_next - n_rows - sizes[e1]
             if (m_next * k_next > step or padding * d_model * d_hidden > (k_next - 1) * CALL_COST
                     or padding > MAX_PADDING * (n_rows + sizes[e1])):
                 break
             e1, m, n_rows = e1 + 1, m_next, n_rows + sizes[e1]
-        if n > 0:
-            blocks.append((e0, e1, m, s0, True))
-            s0 += (e1 - e0) * m
+        groups.append((e0, e1, m, s0, True))
+        s0 += (e1 - e0) * m
         e0 = e1
-    return blocks, s0
+    return groups, s0
 
 
 def _chunks(groups: list[tuple[int, int, int, int, bool]], d_hidden: int) -> list[tuple[int, int, list]]:
@@ -702,7 +704,7 @@ def _chunks(groups: list[tuple[int, int, int, int, bool]], d_hidden: int) -> lis
     return chunks
 
 
-def _slots(rows: torch.Tensor, scale: torch.Tensor, sizes: list[int], blocks: list, n_slots: int):
+def _slots(rows: torch.Tensor, scale: torch.Tensor, sizes: list[int], groups: list, n_slots: int):
     """
     * `slot_of_row`: `[n_rows]`, the slot of each kept row (`None` when there is no padding: the same)
     * `slot_token`: `[n_slots]`, the token in each slot (a padding slot repeats the last kept row of its expert)
@@ -714,7 +716,7 @@ def _slots(rows: torch.Tensor, scale: torch.Tensor, sizes: list[int], blocks: li
         return None, rows, scale
     # Row $i$ of expert $e$ moves by the padding before it: `slot[e] - start[e]`
     shift, start = [0] * len(sizes), 0
-    for e0, e1, m, s0, first in blocks:
+    for e0, e1, m, s0, first in groups:
         for e in range(e0, e1):
             if first:
                 shift[e] = s0 + (e - e0) * m - start

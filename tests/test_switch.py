@@ -515,10 +515,10 @@ def test_blocks_path_saves_about_what_the_dense_ffn_saves():
     _, result = ff(x)
     # The hidden layer is kept for the kept tokens' slots only: the kept rows and a
     # little padding (each row of it worth less than a call saved), a fraction of the dense one's
-    from labml_nn_switch.feed_forward import CALL_COST, MAX_PADDING, _expert_blocks
+    from labml_nn_switch.feed_forward import CALL_COST, MAX_PADDING, _expert_groups
     sizes = result.counts.clamp(max=result.capacity).tolist()
-    blocks, n_slots = _expert_blocks(sizes, 32, 256)
-    calls_saved = sum(e1 - e0 - 1 for e0, e1, *_ in blocks)
+    groups, n_slots = _expert_groups(sizes, 32, 256)
+    calls_saved = sum(e1 - e0 - 1 for e0, e1, *_ in groups)
     assert sum(sizes) <= n_slots <= sum(sizes) + calls_saved * CALL_COST / (32 * 256) and sum(sizes) < 256
     assert n_slots <= (1 + MAX_PADDING) * sum(sizes)
     # ... plus the router's few `[n_tokens, n_experts]` tensors and the slots' `[n_tokens]` maps
@@ -604,8 +604,8 @@ def test_blocks_path_with_and_without_padded_groups_matches_reference(monkeypatc
         x = torch.randn(15, 2, 8, dtype=torch.float64)
         assert_matches_reference(ff, x, atol=1e-10)
     sizes = [5, 1, 0, 7, 7]
-    blocks, n_slots = feed_forward._expert_blocks(sizes, 8, 16)
-    assert sorted(e for e0, e1, *_ in blocks for e in range(e0, e1)) == [0, 1, 3, 4]
+    groups, n_slots = feed_forward._expert_groups(sizes, 8, 16)
+    assert sorted(e for e0, e1, *_ in groups for e in range(e0, e1)) == [0, 1, 3, 4]
     assert n_slots == (sum(sizes) if call_cost == 0 else 10 + 14)
 
 
@@ -615,12 +615,12 @@ def test_groups_padding_is_bounded_by_the_calls_saved_and_by_the_rows(monkeypatc
     monkeypatch.setattr(feed_forward, "CALL_COST", 2 * 8 * 16)
     # Two padding rows are worth one call: 8 and 7 share a `bmm` (1 padding row of 15),
     # 8 and 5 do not (3 rows cost more than the call; and more than an eighth of 13)
-    assert feed_forward._expert_blocks([8, 7], 8, 16) == ([(0, 2, 8, 0, True)], 16)
-    assert feed_forward._expert_blocks([8, 5], 8, 16) == ([(0, 1, 8, 0, True), (1, 2, 5, 8, True)], 13)
+    assert feed_forward._expert_groups([8, 7], 8, 16) == ([(0, 2, 8, 0, True)], 16)
+    assert feed_forward._expert_groups([8, 5], 8, 16) == ([(0, 1, 8, 0, True), (1, 2, 5, 8, True)], 13)
     # Calls free of cost: only the rows' bound is left, 2 of 16 rows
     monkeypatch.setattr(feed_forward, "CALL_COST", 1 << 30)
-    assert feed_forward._expert_blocks([8, 8, 6], 8, 16) == ([(0, 3, 8, 0, True)], 24)
-    assert feed_forward._expert_blocks([8, 8, 5], 8, 16)[1] == 21
+    assert feed_forward._expert_groups([8, 8, 6], 8, 16) == ([(0, 3, 8, 0, True)], 24)
+    assert feed_forward._expert_groups([8, 8, 5], 8, 16)[1] == 21
 
 
 def test_groups_are_packed_into_chunks_in_order(monkeypatch):
