@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from labml_nn_switch import SwitchConfig, SwitchFeedForward, load_balancing_loss, plan_dispatch, router_z_loss
 from labml_nn_switch.feed_forward import activate
+from labml_nn_switch.switch import EXPERT_MAJOR_BELOW, softmax_over_experts
 
 
 def reference_switch(ff: SwitchFeedForward, x: torch.Tensor) -> torch.Tensor:
@@ -50,6 +51,25 @@ def reference_switch(ff: SwitchFeedForward, x: torch.Tensor) -> torch.Tensor:
         g = gate[idx, None] if ff.config.scale_by_gate else gate[idx, None] / gate[idx, None].detach()
         out = out.index_put((idx,), y * g)
     return out.reshape(x.shape)
+
+
+@pytest.mark.parametrize("n_experts", [1, 4, EXPERT_MAJOR_BELOW - 1, EXPERT_MAJOR_BELOW, 40])
+def test_router_layout_follows_the_expert_count_and_routes_alike(n_experts):
+    # Few experts: logits stored expert-major (a transposed view); many: token-major.
+    # Either way the values, the probabilities and the top-1 (ties to the first
+    # expert) are those of the plain row-wise computation.
+    ff = make_layer(dtype=torch.float32, n_experts=n_experts)
+    x = torch.randn(50, 8)
+    x[:5] = 0.0  # all logits equal: a tie, which must go to expert 0
+    logits = ff.router(x)
+    assert logits.shape == (50, n_experts)
+    assert (logits.stride(0) == 1 and n_experts > 1) == (1 < n_experts < EXPERT_MAJOR_BELOW)
+    torch.testing.assert_close(logits, x @ ff.router.weight.T, atol=1e-5, rtol=1e-5)
+    probs = softmax_over_experts(logits)
+    expected = torch.softmax(logits.contiguous(), dim=-1)
+    torch.testing.assert_close(probs, expected)
+    assert torch.equal(probs.max(dim=-1).indices, expected.max(dim=-1).indices)
+    assert (probs.max(dim=-1).indices[:5] == 0).all()
 
 
 def make_layer(*, dtype=torch.float64, seed=0, **kwargs) -> SwitchFeedForward:
@@ -435,6 +455,14 @@ def test_property_every_size_dtype_and_path_matches_reference(d_model, d_ff, n_e
     if not autocast:
         assert_matches_reference(ff, x, atol=1e-10 if dtype == "float64" else 1e-4)
         return
+    # Inputs and weights that bfloat16 holds exactly, so that the difference is the
+    # rounding of what the layer computes, relative to each value's own size; with
+    # raw float32 inputs, a hidden unit that cancels to near zero (d_ff=1, swiglu)
+    # would carry its inputs' rounding as a relative error of any size
+    with torch.no_grad():
+        for parameter in ff.parameters():
+            parameter.copy_(parameter.bfloat16())
+    x = x.bfloat16().float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, result = ff(x)
     assert out.dtype == torch.bfloat16
