@@ -325,10 +325,10 @@ class Experts(nn.Module):
         * `rows`: `[n_rows]`, the tokens to run: the first `sizes[0]` for expert 0,
           the next `sizes[1]` for expert 1, and so on
         * `sizes`: the number of rows of each expert, a list on the host
-        * `scale`: `[n_rows]`, the factor of each row's output (the gate)
+        * `scale`: `[n_tokens]`, the factor of each token's output (the gate), in the tokens' order
 
-        Returns `[n_tokens, d_model]`: row `rows[k]` is `scale[k]` times its
-        expert's output, and the tokens not in `rows` are exactly zero.
+        Returns `[n_tokens, d_model]`: row `rows[k]` is `scale[rows[k]]` times
+        its expert's output, and the tokens not in `rows` are exactly zero.
         """
         # Under autocast the weights are cast with the input (autocast does not see inside a `Function`)
         w1, w2 = self.w1.to(x.dtype), self.w2.to(x.dtype)
@@ -487,7 +487,10 @@ class ExpertRows(torch.autograd.Function):
     dropped token the zero row): its output is exactly zero, even where an
     expert overflows in float16. Reading rows by index (a gather) is two to
     five times faster on the CPU than writing them to their tokens
-    (`index_copy_`); the input's gradient goes back the same way.
+    (`index_copy_`); the input's gradient goes back the same way, and so
+    does the gates' (a token's gate has the gradient of its slot, zero if
+    dropped), so the gates are taken in the tokens' order and gathered here,
+    with no autograd node of their own.
 
     Small groups are packed, in order, into chunks whose hidden layer stays
     under `PACK_ELEMENTS` (`_chunks`): the element-wise work (activation,
@@ -533,7 +536,7 @@ class ExpertRows(torch.autograd.Function):
         # Where each kept row sits among the slots, the token and the gate of each slot
         # (padding slots: their expert's last kept row, with a gate of zero),
         # and for each token the slot it reads (`n_slots`, the zero row, if dropped)
-        slot_of_row, slot_token, slot_scale = _slots(rows, scale, sizes, groups, n_slots)
+        slot_of_row, slot_token, slot_scale = _slots(rows, scale.index_select(0, rows), sizes, groups, n_slots)
         source = _token_sources(rows, slot_of_row, x.shape[0], n_slots)
         # The slots' scaled outputs and a last row of zeros: `[n_slots + 1, d_model]`
         d_model = w2.shape[-1]
@@ -565,14 +568,14 @@ class ExpertRows(torch.autograd.Function):
                 _batched_linear_into(u[s0:s0 + b - a].view(e1 - e0, m, -1), act[a:b].view(e1 - e0, m, -1),
                                      w2[e0:e1], None if b2 is None else b2[e0:e1])
             u[c0:c1].mul_(slot_scale[c0:c1, None])
-        ctx.save_for_backward(x, slot_of_row, slot_token, slot_scale, source, w1, b1, w2, b2, *hidden, *masks)
+        ctx.save_for_backward(x, slot_token, slot_scale, source, w1, b1, w2, b2, *hidden, *masks)
         ctx.chunks, ctx.n_slots, ctx.activation, ctx.p, ctx.memory = chunks, n_slots, activation, p, memory
         # Each token reads its slot's row of `u` (a gather)
         return torch.index_select(u, 0, source)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, slot_of_row, slot_token, slot_scale, source, w1, b1, w2, b2, *rest = ctx.saved_tensors
+        x, slot_token, slot_scale, source, w1, b1, w2, b2, *rest = ctx.saved_tensors
         chunks, n_slots, p = ctx.chunks, ctx.n_slots, ctx.p
         hidden, masks = rest[:len(chunks)], rest[len(chunks):]
         relu = ctx.activation == "relu"
@@ -580,7 +583,9 @@ class ExpertRows(torch.autograd.Function):
         # The input's gradient of every slot, and a row of zeros for the dropped tokens
         dx = work_space(ctx.memory, "narrow", n_slots + 1, d_model, x)
         dx[n_slots].zero_()
-        grad_slot_scale = torch.empty_like(slot_scale)
+        # The gates' gradient of every slot, and a zero for the dropped tokens
+        grad_slot_scale = slot_scale.new_empty(n_slots + 1)
+        grad_slot_scale[n_slots] = 0
         # The weight gradients, in reused memory; each expert's is written by the
         # first group of its rows, or zeroed when it has no kept token
         grad_w1 = reusable_gradient(ctx.memory, "w1", w1)
@@ -637,9 +642,7 @@ class ExpertRows(torch.autograd.Function):
         # Each token reads its slot's gradient (zero if dropped)
         need = ctx.needs_input_grad
         grad_x = torch.index_select(dx, 0, source) if need[0] else None
-        grad_scale = None
-        if need[2]:
-            grad_scale = grad_slot_scale if slot_of_row is None else grad_slot_scale.index_select(0, slot_of_row)
+        grad_scale = torch.index_select(grad_slot_scale, 0, source) if need[2] else None
         return (grad_x, None, grad_scale, grad_w1 if need[3] else None, grad_b1 if need[4] else None,
                 grad_w2 if need[5] else None, grad_b2 if need[6] else None, None, None, None, None)
 

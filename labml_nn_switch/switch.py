@@ -553,7 +553,7 @@ class SwitchFeedForward(nn.Module):
         sizes = counts.tolist()
         # The kept tokens, expert by expert (all of them when none is dropped)
         rows = plan.order if sum(sizes) == x.shape[0] else plan.order[plan.keep]
-        return self.experts.forward_rows(x, rows, sizes, scale.index_select(0, rows))
+        return self.experts.forward_rows(x, rows, sizes, scale)
 
     def _combine(self, y: torch.Tensor, plan: DispatchPlan, scale: torch.Tensor) -> torch.Tensor:
         r"""
