@@ -308,11 +308,11 @@ class Experts(nn.Module):
         self.dropout = nn.Dropout(dropout)
         # Memory the CPU path keeps from one step to the next: the weight gradients
         # (`reusable_gradient`) and its work space (`work_space`); not part of the state
-        self.gradient_memory: dict[str, torch.Tensor] = {}
+        self.kept_memory: dict[str, torch.Tensor] = {}
 
     def __getstate__(self):
         # Pickled (`torch.save(model)`, `copy.deepcopy`) without the kept memory
-        return {**super().__getstate__(), "gradient_memory": {}}
+        return {**super().__getstate__(), "kept_memory": {}}
 
     def supports_grouped(self, x: torch.Tensor) -> bool:
         """Whether `forward_grouped` can run on `x` (see `grouped_mm_supported`)."""
@@ -336,7 +336,7 @@ class Experts(nn.Module):
         b2 = None if self.b2 is None else self.b2.to(x.dtype)
         p = self.dropout.p if self.training else 0.0
         return ExpertRows.apply(x, rows, scale.to(x.dtype), w1, b1, w2, b2, sizes, self.activation, p,
-                                self.gradient_memory)
+                                self.kept_memory)
 
     def forward_grouped(self, x: torch.Tensor, *, group_ends: torch.Tensor,
                         row_expert: torch.Tensor) -> torch.Tensor:

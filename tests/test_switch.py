@@ -698,13 +698,13 @@ def test_weight_gradient_memory_is_reused_only_when_nobody_holds_it():
     torch.testing.assert_close(w1.grad, expected_w1_grad(xs[2]) + expected_w1_grad(xs[3]), atol=2e-5, rtol=2e-5)
 
 
-def test_kept_gradient_memory_is_not_pickled():
+def test_kept_memory_is_not_pickled():
     ff = make_layer(dtype=torch.float32, n_experts=4, d_ff=64)
     out, _ = ff(torch.randn(16, 2, 8))
     out.sum().backward()
-    assert {"w1", "w2"} <= set(ff.experts.gradient_memory)
+    assert {"w1", "w2"} <= set(ff.experts.kept_memory)
     buffer = io.BytesIO()
     torch.save(ff, buffer)
     copy = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
-    assert copy.experts.gradient_memory == {}
+    assert copy.experts.kept_memory == {}
     assert all(torch.equal(a, b) for a, b in zip(ff.state_dict().values(), copy.state_dict().values()))
