@@ -8,7 +8,13 @@ the Adam update. The two models run interleaved in one process; we report the me
 `--repeats` steps after `--warmup`, tokens/s and the ratio switch / dense (the median of the
 paired per-round ratios, with their min and max). Nothing is set in the environment.
 
+With `--layers`, each Switch layer's feed-forward part is also timed alone against the dense
+twin's, forward and backward, on the very inputs the two models give them after the timed steps:
+the routing is the model's own (uneven, tokens dropped at capacity factor 1.2) and the experts have
+biases, as the preset has; `bench_layer.py` times random, nearly balanced inputs without biases.
+
     python experiments/bench_train.py                  # writes experiments/results/bench_train.{json,md}
+    python experiments/bench_train.py --layers         # and the layers alone, bench_train_layers.{json,md}
 """
 
 import argparse
@@ -38,6 +44,46 @@ def build(kind: str, device: torch.device):
     return model, optimizer, scheduler, settings
 
 
+def time_layers(runs: dict, x: torch.Tensor, rounds: int) -> list[dict]:
+    """Each layer's FFN, Switch and dense, on the inputs its own model gives it: forward + backward of a stand-in loss."""
+    inputs = {}
+    for kind, (model, *_) in runs.items():
+        model.train()
+        hooks = [layer.feed_forward.register_forward_pre_hook(
+            lambda m, a, key=(kind, i): inputs.__setitem__(key, a[0].detach().clone()))
+            for i, layer in enumerate(model.transformer.layers)]
+        with torch.no_grad():
+            model(x)
+        for hook in hooks:
+            hook.remove()
+    rows = []
+    for i in range(len(runs["switch"][0].transformer.layers)):
+        times = {kind: [] for kind in runs}
+        for r in range(rounds + 3):
+            for kind in (list(runs) if r % 2 else list(runs)[::-1]):
+                ff = runs[kind][0].transformer.layers[i].feed_forward
+                z = inputs[(kind, i)].requires_grad_()
+                start = time.perf_counter()
+                out = ff(z)
+                if kind == "switch":
+                    out, routing = out
+                    loss = out.square().mean() + 0.01 * routing.load_balancing_loss
+                else:
+                    loss = out.square().mean()
+                loss.backward()
+                if r >= 3:
+                    times[kind].append(time.perf_counter() - start)
+                ff.zero_grad(set_to_none=True)
+        paired = sorted(s / d for s, d in zip(times["switch"], times["dense"]))
+        with torch.no_grad():
+            routing = runs["switch"][0].transformer.layers[i].feed_forward(inputs[("switch", i)])[1]
+        rows.append({"layer": i, "switch_ms": statistics.median(times["switch"]) * 1e3,
+                     "dense_ms": statistics.median(times["dense"]) * 1e3, "ratio": statistics.median(paired),
+                     "min": paired[0], "max": paired[-1], "tokens_per_expert": routing.counts.tolist(),
+                     "capacity": routing.capacity})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
@@ -45,6 +91,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--layers", action="store_true", help="also time each layer's FFN alone, on the model's inputs")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,6 +142,23 @@ def main() -> None:
                f"(min {low:.2f}, max {high:.2f})\n")
     args.out.with_suffix(".md").write_text(table)
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    if args.layers:
+        rows = time_layers(runs, x, args.repeats)
+        out = args.out.with_name(args.out.stem + "_layers.json")
+        out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+        table = (f"Each layer's feed-forward part alone, forward + backward of a stand-in loss, on the inputs its "
+                 f"own model gives it (`labml` preset: biases, capacity factor 1.2); median of {args.repeats} "
+                 f"interleaved rounds of the paired ratios; {meta['device']} ({meta['threads']} threads), torch "
+                 f"{meta['torch']}. Command: `{meta['command'].strip()}`.\n\n"
+                 "| layer | tokens per expert (capacity) | switch ms | dense ms | switch / dense |\n|---|---|---|---|---|\n"
+                 + "".join(f"| {r['layer']} | {', '.join(map(str, r['tokens_per_expert']))} ({r['capacity']}) | "
+                           f"{r['switch_ms']:.2f} | {r['dense_ms']:.2f} | {r['ratio']:.2f} ({r['min']:.2f}–{r['max']:.2f}) |\n"
+                           for r in rows))
+        out.with_suffix(".md").write_text(table)
+        for r in rows:
+            print(f"  layer {r['layer']}: switch {r['switch_ms']:.2f} ms, dense {r['dense_ms']:.2f} ms, "
+                  f"ratio {r['ratio']:.2f} ({r['min']:.2f}–{r['max']:.2f}), counts {r['tokens_per_expert']}")
+        print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -50,10 +50,17 @@ def test_bench_floor_writes_both_ways_and_the_lower(tmp_path):
 
 def test_bench_train_writes_the_ratio(tmp_path):
     out = tmp_path / "train.json"
-    run("bench_train.py", "--repeats", "1", "--warmup", "0", "--out", str(out))
+    run("bench_train.py", "--repeats", "2", "--warmup", "0", "--layers", "--out", str(out))
     result = json.loads(out.read_text())
     assert result["switch_over_dense_tokens_per_s"] > 0
     assert "Switch / dense tokens/s" in out.with_suffix(".md").read_text()
+    # Each of the six layers alone, with the routing its model gave it (every token counted once)
+    layers = json.loads((tmp_path / "train_layers.json").read_text())["results"]
+    assert [r["layer"] for r in layers] == list(range(6))
+    for r in layers:
+        assert sum(r["tokens_per_expert"]) == 64 * 32 and len(r["tokens_per_expert"]) == 4
+        assert r["switch_ms"] > 0 and r["dense_ms"] > 0 and r["min"] <= r["ratio"] <= r["max"]
+    assert "| 5 |" in (tmp_path / "train_layers.md").read_text()
 
 
 @pytest.mark.slow
