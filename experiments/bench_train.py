@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from bench_layer import forward
 from labml_nn_switch.configs import adam, defaults, explicit_settings, switch_config
 from labml_nn_switch.experiment import build_model, train_step
 from machine import machine_meta
@@ -45,7 +46,7 @@ def build(kind: str, device: torch.device):
 
 
 def time_layers(runs: dict, x: torch.Tensor, rounds: int) -> list[dict]:
-    """Each layer's FFN, Switch and dense, on the inputs its own model gives it: forward + backward of a stand-in loss."""
+    """Each layer's FFN, Switch and dense, on the inputs its own model gives it: forward + backward of `bench_layer`'s loss."""
     inputs = {}
     for kind, (model, *_) in runs.items():
         model.train()
@@ -64,12 +65,7 @@ def time_layers(runs: dict, x: torch.Tensor, rounds: int) -> list[dict]:
                 ff = runs[kind][0].transformer.layers[i].feed_forward
                 z = inputs[(kind, i)].requires_grad_()
                 start = time.perf_counter()
-                out = ff(z)
-                if kind == "switch":
-                    out, routing = out
-                    loss = out.square().mean() + 0.01 * routing.load_balancing_loss
-                else:
-                    loss = out.square().mean()
+                _, loss = forward("ours" if kind == "switch" else "dense", ff, z)
                 loss.backward()
                 if r >= 3:
                     times[kind].append(time.perf_counter() - start)

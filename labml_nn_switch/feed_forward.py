@@ -646,16 +646,16 @@ class ExpertRows(torch.autograd.Function):
             if relu:
                 # The gates' gradient times the gates, $x \cdot \delta x$ for each slot (the ReLU identity above)
                 grad_s = torch.mul(xc, dx[c0:c1], out=work_space(ctx.memory, "product", c1 - c0, d_model, xc)).sum(-1)
-            for e0, e1, m, s0, first in chunk_groups:
+            for e0, e1, m, s0, _ in chunk_groups if b2 is not None else ():
                 k, a, b = e1 - e0, s0 - c0, s0 - c0 + (e1 - e0) * m
-                if b2 is not None:
-                    gk, ghk = g[a:b].view(k, m, -1), gh[a:b].view(k, m, -1)
-                    # The biases' part of the gates' gradient: $s g \cdot b_2$, and for ReLU $\delta \cdot b_1$
-                    grad_s[a:b] += torch.bmm(gk, b2[e0:e1, :, None]).view(-1)
-                    if relu:
-                        grad_s[a:b] += torch.bmm(ghk, b1[e0:e1, :, None]).view(-1)
-                    grad_b2[e0:e1] += gk.sum(1)
-                    grad_b1[e0:e1] += ghk.sum(1)
+                gk, ghk = g[a:b].view(k, m, -1), gh[a:b].view(k, m, -1)
+                # The biases' part of the gates' gradient, $s g \cdot b_2$ (and for ReLU $\delta \cdot b_1$),
+                # and the biases' gradients, the sums of $s g$ and $\delta$ over the rows
+                grad_s[a:b] += torch.bmm(gk, b2[e0:e1, :, None]).view(-1)
+                if relu:
+                    grad_s[a:b] += torch.bmm(ghk, b1[e0:e1, :, None]).view(-1)
+                grad_b2[e0:e1] += gk.sum(1)
+                grad_b1[e0:e1] += ghk.sum(1)
             # (padding slots divide zero by zero; their values are never read)
             torch.div(grad_s, slot_scale[c0:c1], out=grad_slot_scale[c0:c1])
         # Each token reads its slot's gradient (zero if dropped)
