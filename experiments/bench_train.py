@@ -4,7 +4,7 @@ Benchmark one full training step of the experiment's model, Switch vs its FLOP-m
 The model and the step are the experiment's own (`AutoregressiveModel`, `train_step`), at the
 sizes of its `labml` preset (d_model 128, 4 heads, d_ff 256, 6 layers, 4 experts, capacity
 factor 1.2, seq_len 64, batch 32). A step is forward, loss, backward, gradient clipping and
-the Adam update. The two models run interleaved in one process; we report the median of
+the Adam update. The two models run interleaved in one process, in alternating order; we report the median of
 `--repeats` steps after `--warmup`, tokens/s and the ratio switch / dense (the median of the
 paired per-round ratios, with their min and max). Nothing is set in the environment.
 
@@ -102,7 +102,8 @@ def main() -> None:
     x, y = data[:-1], data[1:]
     times = {kind: [] for kind in kinds}
     for i in range(args.warmup + args.repeats):
-        for kind in kinds:
+        # Alternate the order, so that neither model always runs after the other
+        for kind in (kinds if i % 2 else kinds[::-1]):
             model, optimizer, scheduler, settings = runs[kind]
             if device.type == "cuda":
                 torch.cuda.synchronize()
