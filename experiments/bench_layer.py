@@ -242,8 +242,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], key: str, path: Path) -> None:
-    """Ratio to dense against the swept quantity, one line per candidate (needs the `plots` extra)."""
+def plot(rows: list[dict], key: str, path: Path, device: str) -> None:
+    """Ratio to dense against the swept quantity, one line per candidate, titled with the `device` (needs the `plots` extra)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -259,7 +259,7 @@ def plot(rows: list[dict], key: str, path: Path) -> None:
     ax.set_xlabel({"n_experts": "experts (8192 tokens)", "tokens": "tokens (8 experts)"}[key])
     ax.set_ylabel("time / dense FFN")
     ax.axhline(1.5, color="grey", linestyle=":", linewidth=1)
-    ax.set_title("forward+backward, d_model 256, d_ff 1024, float32, CPU")
+    ax.set_title(f"forward+backward, d_model 256, d_ff 1024, float32\n{device}", fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -305,7 +305,7 @@ def main() -> None:
     written = [out, out.with_suffix(".md")]
     if args.sweep:
         key = "n_experts" if args.sweep == "experts" else "tokens"
-        plot(rows, key, out.with_suffix(".png"))
+        plot(rows, key, out.with_suffix(".png"), meta["device"])
         written.append(out.with_suffix(".png"))
     print("wrote " + ", ".join(map(str, written)))
 
