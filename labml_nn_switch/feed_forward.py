@@ -447,7 +447,9 @@ PACK_ELEMENTS = 1 << 20
 # four experts of 512 rows of $128 \times 256$ run 16% faster in one `bmm` than
 # in four calls, and experts of 512 rows of $512 \times 2048$ only 6% faster.
 # Experts are grouped into one `bmm` while the padding this adds costs fewer
-# multiply-adds than the calls it saves.
+# multiply-adds than the calls it saves. On a 2-core AVX2 CPU one `bmm` saves
+# only about 3% at either size, and the layer ran as fast with this value as
+# with half of it or with no grouping at all.
 CALL_COST = 1 << 21
 # The most padding a group may have, as a fraction of its kept rows: it is kept for
 # backward like the rows, so this bounds the memory it adds.
