@@ -173,18 +173,18 @@ class RoutingResult:
     nothing. Each is computed once, on first use.
     """
 
-    def __init__(self, *, logits: torch.Tensor, probs: torch.Tensor, gate: torch.Tensor, counts: torch.Tensor,
-                 capacity: int | None, expert: torch.Tensor, order: torch.Tensor, keep: torch.Tensor):
+    def __init__(self, *, logits: torch.Tensor, probs: torch.Tensor, gate: torch.Tensor, plan: "DispatchPlan",
+                 capacity: int | None):
         # `[n_tokens, n_experts]`: $h(x)$ and $p(x)$, float32
         self.logits, self.probs = logits, probs
         # `[n_tokens]`: $p_{i^*}(x)$
         self.gate = gate
         # `[n_experts]`: $T f_i$, tokens per expert before dropping
-        self.counts = counts
+        self.counts = plan.counts
         # `[n_tokens]`: $i^*$, each token's chosen expert, in the tokens' order
-        self.expert = expert.detach()
-        # The plan's sort (`order`) and, in sorted order, whether each token was kept
-        self._order, self._keep = order, keep
+        self.expert = plan.token_expert.detach()
+        # The dispatch plan, for which tokens were kept
+        self._plan = plan
         # The expert capacity $C$ of this call; when dropless, $T$ (no expert can
         # receive more than all the tokens, so none is dropped)
         self.capacity = self.n_tokens if capacity is None else capacity
@@ -233,7 +233,8 @@ class RoutingResult:
     @property
     def kept(self) -> torch.Tensor:
         """`[n_tokens]`: whether each token got a place in its expert (`False`: dropped), in the tokens' order."""
-        return torch.empty_like(self._keep).index_copy_(0, self._order, self._keep)
+        keep = self._plan.keep
+        return torch.empty_like(keep).index_copy_(0, self._plan.order, keep)
 
     @property
     def route_fraction(self) -> torch.Tensor:
@@ -319,24 +320,63 @@ class DispatchPlan:
     """
     ## Where each token goes
 
-    The plan is a permutation that sorts the tokens by expert, and, in that
-    sorted order, each token's expert, its place in that expert's queue and
-    whether it fits in the capacity: these four are `[n_tokens]`. Two more,
-    `counts` and `ends`, are `[n_experts]`.
+    The plan is a permutation that sorts the tokens by expert, and the number
+    of tokens of each expert. Three `[n_tokens]` tensors follow from these, in
+    the sorted order: each token's expert, its place in that expert's queue and
+    whether it fits in the capacity. They are computed when first read: the
+    CPU path reads none of them unless an expert is over capacity, which the
+    counts alone tell, and an operation not run is a few microseconds saved at
+    every layer of every step.
     """
     # `order[k]` is the token in sorted place $k$: experts in ascending order, and
     # within an expert its tokens in order of priority
     order: torch.Tensor
-    # The expert of the token in each sorted place
-    expert: torch.Tensor
-    # Its place in its expert's queue: $0, 1, 2, \dots$
-    position: torch.Tensor
-    # Whether it is kept: `position < capacity`
-    keep: torch.Tensor
     # `[n_experts]`: tokens per expert before dropping, $T f_i$
     counts: torch.Tensor
     # `[n_experts]`: cumulative `counts`; expert $e$ owns sorted places `ends[e-1]` to `ends[e]`
     ends: torch.Tensor
+    # `[n_tokens]`: each token's expert $i^*$, in the tokens' own order
+    token_expert: torch.Tensor
+    # $C$, or `None` when dropless
+    capacity: int | None
+    # The tensors below, once computed
+    _computed: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def _once(self, name: str, compute) -> torch.Tensor:
+        # (Not `functools.cached_property`: `torch.compile` cannot trace the lock it takes on Python 3.11)
+        if name not in self._computed:
+            self._computed[name] = compute()
+        return self._computed[name]
+
+    @property
+    def expert(self) -> torch.Tensor:
+        """The expert of the token in each sorted place."""
+        return self._once("expert", lambda: self.token_expert.index_select(0, self.order))
+
+    @property
+    def position(self) -> torch.Tensor:
+        r"""Its place in its expert's queue, $0, 1, 2, \dots$: its sorted place minus the start of its expert's run."""
+        return self._once("position", lambda: torch.arange(len(self.order), device=self.order.device)
+                          - (self.ends - self.counts)[self.expert])
+
+    @property
+    def keep(self) -> torch.Tensor:
+        """Whether it is kept: `position < capacity` (every token when dropless)."""
+        if self.capacity is None:
+            return self._once("keep", lambda: torch.ones_like(self.order, dtype=torch.bool))
+        return self._once("keep", lambda: self.position < self.capacity)
+
+
+def count_per_expert(expert: torch.Tensor, n_experts: int) -> torch.Tensor:
+    r"""
+    `[n_experts]`: how many tokens chose each expert, $T f_i$. One
+    `torch.bincount` on the CPU; elsewhere a `scatter_add`, because `bincount`
+    on a GPU asks the host for the largest value (a synchronisation).
+    """
+    if expert.device.type == "cpu":
+        return torch.bincount(expert, minlength=n_experts)
+    return torch.zeros(n_experts, dtype=torch.long, device=expert.device).scatter_add_(0, expert,
+                                                                                    torch.ones_like(expert))
 
 
 def plan_dispatch(expert: torch.Tensor, gate: torch.Tensor, *, n_experts: int, capacity: int | None,
@@ -365,9 +405,8 @@ def plan_dispatch(expert: torch.Tensor, gate: torch.Tensor, *, n_experts: int, c
     order that chose the same expert. One stable sort by expert gives it for all
     tokens at once: after the sort, the tokens of expert $e$ occupy places
     $\text{start}_e, \dots, \text{end}_e - 1$ in priority order, so a token's
-    position is its place minus $\text{start}_e$.
+    position is its place minus $\text{start}_e$ (`DispatchPlan.position`).
     """
-    n_tokens = expert.shape[0]
     # Stable sort by expert: tokens of an expert together, in priority order within
     # it. Without prioritisation the priority order is the tokens' own order.
     if batch_prioritized:
@@ -375,23 +414,11 @@ def plan_dispatch(expert: torch.Tensor, gate: torch.Tensor, *, n_experts: int, c
         order = priority[torch.argsort(expert[priority], stable=True)]
     else:
         order = torch.argsort(expert, stable=True)
-    # The expert of each sorted place
-    sorted_expert = expert[order]
-    # $T f_i$: tokens per expert, counted **before** dropping. (A `scatter_add`
-    # rather than `torch.bincount`, which on a GPU asks the host for the largest value.)
-    counts = torch.zeros(n_experts, dtype=torch.long, device=expert.device).scatter_add_(0, expert,
-                                                                                      torch.ones_like(expert))
-    # Where each expert's run of places ends, and starts
+    # $T f_i$: tokens per expert, counted **before** dropping
+    counts = count_per_expert(expert, n_experts)
+    # Where each expert's run of sorted places ends
     ends = torch.cumsum(counts, dim=0)
-    starts = ends - counts
-    # A token's place in its expert's queue
-    position = torch.arange(n_tokens, device=expert.device) - starts[sorted_expert]
-    # Kept if it fits in the capacity
-    if capacity is None:
-        keep = torch.ones_like(position, dtype=torch.bool)
-    else:
-        keep = position < capacity
-    return DispatchPlan(order=order, expert=sorted_expert, position=position, keep=keep, counts=counts, ends=ends)
+    return DispatchPlan(order=order, counts=counts, ends=ends, token_expert=expert, capacity=capacity)
 
 
 def load_balancing_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -426,12 +453,10 @@ def load_balancing_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tens
     * `counts`: `[n_experts]`, $T f_i$
     """
     n_tokens, n_experts = probs.shape
-    # $f_i$
-    f = counts.to(probs.dtype) / max(n_tokens, 1)
-    # $P_i$
-    p = probs.sum(dim=0) / max(n_tokens, 1)
-    # $N \sum_i f_i P_i$
-    return n_experts * torch.sum(f * p)
+    # $T f_i$ and $T P_i$
+    count, prob_sum = counts.to(probs.dtype), probs.sum(dim=0)
+    # $N \sum_i f_i P_i = \frac{N}{T^2} \sum_i (T f_i)(T P_i)$: one dot product and one scaling
+    return torch.dot(count, prob_sum) * (n_experts / max(n_tokens, 1) ** 2)
 
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -522,8 +547,7 @@ class SwitchFeedForward(nn.Module):
             out = self._combine(self.run_experts(x, plan, capacity), plan, scale)
 
         # #### Losses and statistics, computed when read
-        result = RoutingResult(logits=logits, probs=probs, gate=gate, counts=plan.counts, capacity=capacity,
-                               expert=expert, order=plan.order, keep=plan.keep)
+        result = RoutingResult(logits=logits, probs=probs, gate=gate, plan=plan, capacity=capacity)
         return out.reshape(shape[:-1] + (out.shape[-1],)), result
 
     def _experts_by_blocks(self, x: torch.Tensor) -> bool:
@@ -549,8 +573,9 @@ class SwitchFeedForward(nn.Module):
         $p_{i^*}(x) E_{i^*}(x)$ from there into its row of the output.
         Dropped tokens are not computed at all; their rows are zero.
         """
-        counts = plan.counts if capacity is None else plan.counts.clamp(max=capacity)
-        sizes = counts.tolist()
+        sizes = plan.counts.tolist()
+        if capacity is not None:
+            sizes = [min(n, capacity) for n in sizes]
         # The kept tokens, expert by expert (all of them when none is dropped)
         rows = plan.order if sum(sizes) == x.shape[0] else plan.order[plan.keep]
         return self.experts.forward_rows(x, rows, sizes, scale)

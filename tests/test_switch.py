@@ -698,6 +698,43 @@ def test_weight_gradient_memory_is_reused_only_when_nobody_holds_it():
     torch.testing.assert_close(w1.grad, expected_w1_grad(xs[2]) + expected_w1_grad(xs[3]), atol=2e-5, rtol=2e-5)
 
 
+def test_hidden_layer_memory_is_not_shared_by_two_live_graphs():
+    # The hidden layer saved for backward lives in kept memory: a second forward pass
+    # while the first graph is still alive must not write over it, and after both
+    # backward passes the memory is reused again
+    ff = make_layer(dtype=torch.float32, n_experts=4, d_ff=64, capacity_factor=4.0)
+    xs = [torch.randn(6, 2, 8) for _ in range(3)]
+    expected = []
+    for x in xs[:2]:
+        ff.zero_grad(set_to_none=True)
+        out, _ = ff(x)
+        (out * out).sum().backward()
+        expected.append({name: p.grad.clone() for name, p in ff.named_parameters()})
+    # Both forward passes first, then both backward passes: the gradients add up
+    ff.zero_grad(set_to_none=True)
+    outs = [ff(x)[0] for x in xs[:2]]
+    hidden = ff.experts.kept_memory["hidden 0"]
+    for out in outs:
+        (out * out).sum().backward()
+    for name, p in ff.named_parameters():
+        torch.testing.assert_close(p.grad, expected[0][name] + expected[1][name], atol=2e-5, rtol=2e-5)
+    # No graph holds it now: the next step, whose routing differs, writes into the same
+    # memory (grown first if it has more rows), and its gradients are right
+    del outs
+    for x in (xs[2], torch.randn(12, 2, 8)):
+        ptr, size = hidden.data_ptr(), hidden.numel()
+        ff.zero_grad(set_to_none=True)
+        out, _ = ff(x)
+        (out * out).sum().backward()
+        hidden = ff.experts.kept_memory["hidden 0"]
+        assert hidden.data_ptr() == ptr or hidden.numel() > size
+        xr = x.clone().requires_grad_()
+        expected = grads(ff, xr, reference_switch(ff, xr), 2 * reference_switch(ff, xr).detach())
+        for name, p in ff.named_parameters():
+            if expected[name] is not None:
+                torch.testing.assert_close(p.grad, expected[name], atol=2e-5, rtol=2e-5)
+
+
 def test_kept_memory_is_not_pickled():
     ff = make_layer(dtype=torch.float32, n_experts=4, d_ff=64)
     out, _ = ff(torch.randn(16, 2, 8))
