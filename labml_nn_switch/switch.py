@@ -257,7 +257,7 @@ EXPERT_MAJOR_BELOW = 16
 
 
 def softmax_over_experts(logits: torch.Tensor) -> torch.Tensor:
-    """
+    r"""
     $p(x) = \mathrm{softmax}(h(x))$ over the experts of `logits`,
     `[n_tokens, n_experts]`, computed along the dimension that is contiguous in
     memory when the logits are expert-major (the result is then expert-major too).
