@@ -173,8 +173,7 @@ class RoutingResult:
     nothing. Each is computed once, on first use.
     """
 
-    def __init__(self, *, logits: torch.Tensor, probs: torch.Tensor, gate: torch.Tensor, plan: "DispatchPlan",
-                 capacity: int | None):
+    def __init__(self, *, logits: torch.Tensor, probs: torch.Tensor, gate: torch.Tensor, plan: "DispatchPlan"):
         # `[n_tokens, n_experts]`: $h(x)$ and $p(x)$, float32
         self.logits, self.probs = logits, probs
         # `[n_tokens]`: $p_{i^*}(x)$
@@ -187,7 +186,7 @@ class RoutingResult:
         self._plan = plan
         # The expert capacity $C$ of this call; when dropless, $T$ (no expert can
         # receive more than all the tokens, so none is dropped)
-        self.capacity = self.n_tokens if capacity is None else capacity
+        self.capacity = self.n_tokens if plan.capacity is None else plan.capacity
         # The two losses, once computed
         self._losses = {}
 
@@ -362,9 +361,8 @@ class DispatchPlan:
     @property
     def keep(self) -> torch.Tensor:
         """Whether it is kept: `position < capacity` (every token when dropless)."""
-        if self.capacity is None:
-            return self._once("keep", lambda: torch.ones_like(self.order, dtype=torch.bool))
-        return self._once("keep", lambda: self.position < self.capacity)
+        return self._once("keep", lambda: torch.ones_like(self.order, dtype=torch.bool) if self.capacity is None
+                          else self.position < self.capacity)
 
 
 def count_per_expert(expert: torch.Tensor, n_experts: int) -> torch.Tensor:
@@ -547,7 +545,7 @@ class SwitchFeedForward(nn.Module):
             out = self._combine(self.run_experts(x, plan, capacity), plan, scale)
 
         # #### Losses and statistics, computed when read
-        result = RoutingResult(logits=logits, probs=probs, gate=gate, plan=plan, capacity=capacity)
+        result = RoutingResult(logits=logits, probs=probs, gate=gate, plan=plan)
         return out.reshape(shape[:-1] + (out.shape[-1],)), result
 
     def _experts_by_blocks(self, x: torch.Tensor) -> bool:

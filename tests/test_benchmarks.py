@@ -15,7 +15,8 @@ def run(script: str, *args: str) -> None:
     done = subprocess.run([sys.executable, str(EXPERIMENTS / script), *args], capture_output=True, text=True,
                           timeout=300)
     # On failure, say what the script said
-    assert done.returncode == 0, f"{script} exited with {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, (f"{script} exited with {done.returncode}:\n"
+                                  f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
 
 
 def test_bench_layer_writes_every_candidate_and_ratio(tmp_path):
