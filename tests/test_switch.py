@@ -619,12 +619,14 @@ def test_blocks_path_in_small_chunks_matches_reference(monkeypatch, chunk):
         assert_matches_reference(ff, torch.randn(15, 2, 8, dtype=torch.float64), atol=1e-10)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("call_cost", [0, 1 << 30])
-def test_blocks_path_with_and_without_padded_groups_matches_reference(monkeypatch, call_cost):
+def test_blocks_path_with_and_without_padded_groups_matches_reference(monkeypatch, call_cost, threads):
     # A call costing nothing: only experts with equal runs share a `bmm`. A call costing
-    # more than any padding: every run of experts with tokens is one group, most slots
-    # padding, which must add nothing
+    # more than any padding: every run of experts with tokens is one group (of an even
+    # number of experts on 2 threads), most slots padding, which must add nothing
     from labml_nn_switch import feed_forward
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     monkeypatch.setattr(feed_forward, "CALL_COST", call_cost)
     monkeypatch.setattr(feed_forward, "MAX_PADDING", 100.0 if call_cost else 0.0)
     for options in CASES:
@@ -632,7 +634,7 @@ def test_blocks_path_with_and_without_padded_groups_matches_reference(monkeypatc
         x = torch.randn(15, 2, 8, dtype=torch.float64)
         assert_matches_reference(ff, x, atol=1e-10)
     sizes = [5, 1, 0, 7, 7]
-    groups, n_slots = feed_forward._expert_groups(sizes, 8, 16)
+    groups, n_slots = feed_forward._expert_groups(sizes, 8, 16, threads=1)
     assert sorted(e for e0, e1, *_ in groups for e in range(e0, e1)) == [0, 1, 3, 4]
     assert n_slots == (sum(sizes) if call_cost == 0 else 10 + 14)
 
@@ -643,12 +645,35 @@ def test_groups_padding_is_bounded_by_the_calls_saved_and_by_the_rows(monkeypatc
     monkeypatch.setattr(feed_forward, "CALL_COST", 2 * 8 * 16)
     # Two padding rows are worth one call: 8 and 7 share a `bmm` (1 padding row of 15),
     # 8 and 5 do not (3 rows cost more than the call; and more than an eighth of 13)
-    assert feed_forward._expert_groups([8, 7], 8, 16) == ([(0, 2, 8, 0, True)], 16)
-    assert feed_forward._expert_groups([8, 5], 8, 16) == ([(0, 1, 8, 0, True), (1, 2, 5, 8, True)], 13)
+    assert feed_forward._expert_groups([8, 7], 8, 16, threads=1) == ([(0, 2, 8, 0, True)], 16)
+    assert feed_forward._expert_groups([8, 5], 8, 16, threads=1) == ([(0, 1, 8, 0, True), (1, 2, 5, 8, True)], 13)
     # Calls free of cost: only the rows' bound is left, 2 of 16 rows
     monkeypatch.setattr(feed_forward, "CALL_COST", 1 << 30)
-    assert feed_forward._expert_groups([8, 8, 6], 8, 16) == ([(0, 3, 8, 0, True)], 24)
-    assert feed_forward._expert_groups([8, 8, 5], 8, 16)[1] == 21
+    assert feed_forward._expert_groups([8, 8, 6], 8, 16, threads=1) == ([(0, 3, 8, 0, True)], 24)
+    assert feed_forward._expert_groups([8, 8, 5], 8, 16, threads=1)[1] == 21
+
+
+def test_groups_of_several_experts_are_whole_rounds_of_the_threads(monkeypatch):
+    # `bmm` runs the experts of a batch one per thread: 3 experts on 2 threads take
+    # two rounds, as 4 do. A group keeps a multiple of the threads, the remainder
+    # starts the next group; fewer experts than threads run one by one.
+    from labml_nn_switch import feed_forward
+    monkeypatch.setattr(feed_forward, "MAX_PADDING", 1.0)
+    monkeypatch.setattr(feed_forward, "CALL_COST", 1 << 30)
+    sizes = [8, 8, 6, 8, 7]
+    assert feed_forward._expert_groups(sizes, 8, 16, threads=1) == ([(0, 5, 8, 0, True)], 40)
+    assert feed_forward._expert_groups(sizes, 8, 16, threads=2) == (
+        [(0, 4, 8, 0, True), (4, 5, 7, 32, True)], 39)
+    assert feed_forward._expert_groups(sizes[:3], 8, 16, threads=2) == (
+        [(0, 2, 8, 0, True), (2, 3, 6, 16, True)], 22)
+    # The expert given back no longer pads the group
+    assert feed_forward._expert_groups([6, 6, 8], 8, 16, threads=2) == (
+        [(0, 2, 6, 0, True), (2, 3, 8, 12, True)], 20)
+    groups, n_slots = feed_forward._expert_groups(sizes, 8, 16, threads=8)
+    assert [g[:3] for g in groups] == [(e, e + 1, n) for e, n in enumerate(sizes)] and n_slots == sum(sizes)
+    # The default is torch's own number of threads
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert feed_forward._expert_groups(sizes, 8, 16) == feed_forward._expert_groups(sizes, 8, 16, threads=2)
 
 
 def test_groups_are_packed_into_chunks_in_order(monkeypatch):
