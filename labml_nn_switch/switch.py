@@ -138,7 +138,8 @@ class SwitchConfig:
         if not self.drop_tokens:
             return None
         factor = _as_written(float(self.capacity_factor if training else self.eval_capacity_factor))
-        return max(int(n_tokens * factor // self.n_experts), self.min_capacity)
+        # $\lfloor T p / (q N) \rfloor$ for the factor $p / q$, in integers (arithmetic on `Fraction`s is slow)
+        return max(n_tokens * factor.numerator // (factor.denominator * self.n_experts), self.min_capacity)
 
 
 @functools.lru_cache(maxsize=64)
