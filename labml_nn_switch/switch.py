@@ -324,9 +324,9 @@ class DispatchPlan:
     of tokens of each expert. Three `[n_tokens]` tensors follow from these, in
     the sorted order: each token's expert, its place in that expert's queue and
     whether it fits in the capacity. They are computed when first read: the
-    CPU path reads none of them unless an expert is over capacity, which the
-    counts alone tell, and an operation not run is a few microseconds saved at
-    every layer of every step.
+    CPU path reads none of them (it cuts the sorted order by the counts, which
+    it has on the host), and an operation not run is time saved at every layer
+    of every step.
     """
     # `order[k]` is the token in sorted place $k$: experts in ascending order, and
     # within an expert its tokens in order of priority
@@ -572,11 +572,18 @@ class SwitchFeedForward(nn.Module):
         $p_{i^*}(x) E_{i^*}(x)$ from there into its row of the output.
         Dropped tokens are not computed at all; their rows are zero.
         """
-        sizes = plan.counts.tolist()
-        if capacity is not None:
-            sizes = [min(n, capacity) for n in sizes]
-        # The kept tokens, expert by expert (all of them when none is dropped)
-        rows = plan.order if sum(sizes) == x.shape[0] else plan.order[plan.keep]
+        counts = plan.counts.tolist()
+        sizes = counts if capacity is None else [min(n, capacity) for n in counts]
+        # The kept tokens, expert by expert: the sorted order with the tail of
+        # each expert over capacity cut out, as slices of it joined by one `cat`
+        # (all of them when none is dropped)
+        pieces, start, end = [], 0, 0
+        for n, kept in zip(counts, sizes):
+            if kept < n:
+                pieces.append(plan.order[start:end + kept])
+                start = end + n
+            end += n
+        rows = torch.cat(pieces + [plan.order[start:]]) if pieces else plan.order
         return self.experts.forward_rows(x, rows, sizes, scale)
 
     def _combine(self, y: torch.Tensor, plan: DispatchPlan, scale: torch.Tensor) -> torch.Tensor:
