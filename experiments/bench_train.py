@@ -4,9 +4,13 @@ Benchmark one full training step of the experiment's model, Switch vs its FLOP-m
 The model and the step are the experiment's own (`AutoregressiveModel`, `train_step`), at the
 sizes of its `labml` preset (d_model 128, 4 heads, d_ff 256, 6 layers, 4 experts, capacity
 factor 1.2, seq_len 64, batch 32). A step is forward, loss, backward, gradient clipping and
-the Adam update. The two models run interleaved in one process, in alternating order; we report the median of
-`--repeats` steps after `--warmup`, tokens/s and the ratio switch / dense (the median of the
-paired per-round ratios, with their min and max). Nothing is set in the environment.
+the Adam update. The models run interleaved in one process, in rotating order; we report the median of
+`--repeats` steps after `--warmup`, tokens/s and each model's share of dense's tokens/s (the median of
+the paired per-round ratios, with their min and max). Nothing is set in the environment.
+
+With `--experts`, the Switch model is also timed with other numbers of experts, all else equal. With
+one expert every token goes to the same FFN as in the dense model, so that its gap to dense is what
+routing and dispatch cost on their own: the router, the sort, the gathers and the gate.
 
 With `--layers`, each Switch layer's feed-forward part is also timed alone against the dense
 twin's, forward and backward, on the very inputs the two models give them after the timed steps:
@@ -15,6 +19,7 @@ biases, as the preset has; `bench_layer.py` times random, nearly balanced inputs
 
     python experiments/bench_train.py                  # writes experiments/results/bench_train.{json,md}
     python experiments/bench_train.py --layers         # and the layers alone, bench_train_layers.{json,md}
+    python experiments/bench_train.py --experts 1 2    # and the Switch model with 1 and 2 experts beside them
 """
 
 import argparse
@@ -36,9 +41,14 @@ N_VOCAB = 65  # Tiny Shakespeare's characters
 
 
 def build(kind: str, device: torch.device):
-    """The experiment's model (its own `build_model`, the `labml` preset's settings) and its Adam, constant rate."""
+    """
+    The experiment's model (its own `build_model`, the `labml` preset's settings) and its Adam, constant
+    rate. `kind` is `switch`, `dense`, or `switch-N`: the preset's Switch model with `N` experts.
+    """
     torch.manual_seed(0)
-    settings = {**defaults(), **explicit_settings({"preset": "labml", "model": kind})}
+    model_kind, _, n_experts = kind.partition("-")
+    overrides = {"preset": "labml", "model": model_kind, **({"n_experts": int(n_experts)} if n_experts else {})}
+    settings = {**defaults(), **explicit_settings(overrides)}
     model = build_model(settings, switch=switch_config(settings), n_vocab=N_VOCAB).to(device)
     optimizer = adam(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
@@ -88,12 +98,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--layers", action="store_true", help="also time each layer's FFN alone, on the model's inputs")
+    parser.add_argument("--experts", type=int, nargs="*", default=[],
+                        help="also time the Switch model with these numbers of experts (1: routing's cost alone)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     autocast = device.type == "cuda"
-    kinds = ["switch", "dense"]
+    kinds = ["switch", "dense"] + [f"switch-{n}" for n in args.experts]
     runs = {kind: build(kind, device) for kind in kinds}
     settings = runs["switch"][3]
     seq_len, batch_size = settings["seq_len"], settings["batch_size"]
@@ -102,8 +114,8 @@ def main() -> None:
     x, y = data[:-1], data[1:]
     times = {kind: [] for kind in kinds}
     for i in range(args.warmup + args.repeats):
-        # Alternate the order, so that neither model always runs after the other
-        for kind in (kinds if i % 2 else kinds[::-1]):
+        # Rotate the order, so that no model always runs after the same one
+        for kind in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
             model, optimizer, scheduler, settings = runs[kind]
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -115,14 +127,18 @@ def main() -> None:
             if i >= args.warmup:
                 times[kind].append(time.perf_counter() - start)
     tokens = seq_len * batch_size
-    result = {kind: {"ms": statistics.median(t) * 1e3, "tokens_per_s": tokens / statistics.median(t)}
-              for kind, t in times.items()}
-    # Paired: dense time over switch time in the same round is switch's share of dense's tokens/s
-    paired = sorted(d / s for s, d in zip(times["switch"], times["dense"]))
-    ratio, low, high = statistics.median(paired), paired[0], paired[-1]
+    result = {}
+    for kind, t in times.items():
+        # Paired: dense's time over this model's in the same round is its share of dense's tokens/s
+        paired = sorted(d / s for s, d in zip(t, times["dense"]))
+        result[kind] = {"ms": statistics.median(t) * 1e3, "tokens_per_s": tokens / statistics.median(t),
+                        "of_dense": statistics.median(paired), "min": paired[0], "max": paired[-1],
+                        "n_experts": None if kind == "dense" else runs[kind][3]["n_experts"]}
+    ratio, low, high = (result["switch"][k] for k in ("of_dense", "min", "max"))
     print(f"one training step, labml preset ({tokens} tokens), {device}, median of {args.repeats}")
     for kind, r in result.items():
-        print(f"  {kind:<7} {r['ms']:8.2f} ms  {r['tokens_per_s']:10.0f} tokens/s")
+        print(f"  {kind:<10} {r['ms']:8.2f} ms  {r['tokens_per_s']:10.0f} tokens/s  "
+              f"of dense {r['of_dense']:.3f} ({r['min']:.2f}–{r['max']:.2f})")
     print(f"  switch / dense tokens/s: {ratio:.3f} ({low:.2f}–{high:.2f})")
     meta = {**machine_meta(device), "autocast_bf16": autocast,
             "repeats": args.repeats, "warmup": args.warmup,
@@ -133,14 +149,15 @@ def main() -> None:
     table = (f"One training step of the `labml` preset ({tokens} tokens), median of {args.repeats} interleaved "
              f"steps; {meta['device']} ({meta['threads']} threads), torch {meta['torch']}. "
              f"Command: `{meta['command'].strip()}`.\n\n"
-             "| model | ms per step | tokens/s |\n|---|---|---|\n"
-             + "".join(f"| {kind} | {r['ms']:.1f} | {r['tokens_per_s']:.0f} |\n" for kind, r in result.items())
+             "| model | ms per step | tokens/s | tokens/s / dense's (min–max) |\n|---|---|---|---|\n"
+             + "".join(f"| {kind} | {r['ms']:.1f} | {r['tokens_per_s']:.0f} | "
+                       f"{r['of_dense']:.2f} ({r['min']:.2f}–{r['max']:.2f}) |\n" for kind, r in result.items())
              + f"\nSwitch / dense tokens/s, median of the paired ratios: **{ratio:.2f}** "
                f"(min {low:.2f}, max {high:.2f})\n")
     args.out.with_suffix(".md").write_text(table)
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     if args.layers:
-        rows = time_layers(runs, x, args.repeats)
+        rows = time_layers({kind: runs[kind] for kind in ("switch", "dense")}, x, args.repeats)
         out = args.out.with_name(args.out.stem + "_layers.json")
         out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
         table = (f"Each layer's feed-forward part alone, forward + backward of a stand-in loss, on the inputs its "

@@ -53,10 +53,15 @@ def test_bench_floor_writes_both_ways_and_the_lower(tmp_path):
 
 def test_bench_train_writes_the_ratio(tmp_path):
     out = tmp_path / "train.json"
-    run("bench_train.py", "--repeats", "2", "--warmup", "0", "--layers", "--out", str(out))
+    run("bench_train.py", "--repeats", "2", "--warmup", "0", "--layers", "--experts", "1", "--out", str(out))
     result = json.loads(out.read_text())
-    assert result["switch_over_dense_tokens_per_s"] > 0
-    assert "Switch / dense tokens/s" in out.with_suffix(".md").read_text()
+    assert result["switch_over_dense_tokens_per_s"] == result["results"]["switch"]["of_dense"] > 0
+    # The preset's model, its one-expert twin, and dense, each as a share of dense's tokens/s
+    assert {k: r["n_experts"] for k, r in result["results"].items()} == {"switch": 4, "dense": None, "switch-1": 1}
+    assert all(r["min"] <= r["of_dense"] <= r["max"] for r in result["results"].values())
+    assert result["results"]["dense"]["of_dense"] == 1.0
+    table = out.with_suffix(".md").read_text()
+    assert "Switch / dense tokens/s" in table and "| switch-1 |" in table
     # Each of the six layers alone, with the routing its model gave it (every token counted once)
     layers = json.loads((tmp_path / "train_layers.json").read_text())["results"]
     assert [r["layer"] for r in layers] == list(range(6))
