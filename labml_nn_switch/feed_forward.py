@@ -319,13 +319,14 @@ class Experts(nn.Module):
         return grouped_mm_supported(x, self.d_hidden, self.d_ff)
 
     def forward_rows(self, x: torch.Tensor, rows: torch.Tensor, sizes: list[int],
-                     scale: torch.Tensor) -> torch.Tensor:
+                     scale: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         r"""
         * `x`: `[n_tokens, d_model]`, the tokens in their own order
         * `rows`: `[n_rows]`, the tokens to run: the first `sizes[0]` for expert 0,
           the next `sizes[1]` for expert 1, and so on
         * `sizes`: the number of rows of each expert, a list on the host
         * `scale`: `[n_tokens]`, the factor of each token's output (the gate), in the tokens' order
+        * `expert`: `[n_tokens]`, each token's expert, in the tokens' order (for the biases' gradients)
 
         Returns `[n_tokens, d_model]`: row `rows[k]` is `scale[rows[k]]` times
         its expert's output, and the tokens not in `rows` are exactly zero.
@@ -335,7 +336,7 @@ class Experts(nn.Module):
         b1 = None if self.b1 is None else self.b1.to(x.dtype)
         b2 = None if self.b2 is None else self.b2.to(x.dtype)
         p = self.dropout.p if self.training else 0.0
-        return ExpertRows.apply(x, rows, scale.to(x.dtype), w1, b1, w2, b2, sizes, self.activation, p,
+        return ExpertRows.apply(x, rows, scale.to(x.dtype), expert, w1, b1, w2, b2, sizes, self.activation, p,
                                 self.kept_memory)
 
     def forward_grouped(self, x: torch.Tensor, *, group_ends: torch.Tensor,
@@ -554,7 +555,7 @@ class ExpertRows(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, rows, scale, w1, b1, w2, b2, sizes, activation, p, memory):
+    def forward(ctx, x, rows, scale, expert, w1, b1, w2, b2, sizes, activation, p, memory):
         groups, n_slots = _expert_groups(sizes, x.shape[1], w1.shape[-1])
         chunks = _chunks(groups, w1.shape[-1])
         # Where each kept row sits among the slots, the token and the gate of each slot
@@ -592,14 +593,17 @@ class ExpertRows(torch.autograd.Function):
                 _batched_linear_into(u[s0:s0 + b - a].view(e1 - e0, m, -1), act[a:b].view(e1 - e0, m, -1),
                                      w2[e0:e1], None if b2 is None else b2[e0:e1])
             u[c0:c1].mul_(slot_scale[c0:c1, None])
-        ctx.save_for_backward(x, slot_token, slot_scale, source, w1, b1, w2, b2, *hidden, *masks)
+        # The expert of each slot, for the biases' gradients: `[n_slots]`
+        # (a padding slot repeats a row of its own expert)
+        slot_expert = None if b2 is None else expert.index_select(0, slot_token)
+        ctx.save_for_backward(x, slot_token, slot_scale, source, slot_expert, w1, b1, w2, b2, *hidden, *masks)
         ctx.chunks, ctx.n_slots, ctx.activation, ctx.p, ctx.memory = chunks, n_slots, activation, p, memory
         # Each token reads its slot's row of `u` (a gather)
         return torch.index_select(u, 0, source)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, slot_token, slot_scale, source, w1, b1, w2, b2, *rest = ctx.saved_tensors
+        x, slot_token, slot_scale, source, slot_expert, w1, b1, w2, b2, *rest = ctx.saved_tensors
         chunks, n_slots, p = ctx.chunks, ctx.n_slots, ctx.p
         hidden, masks = rest[:len(chunks)], rest[len(chunks):]
         relu = ctx.activation == "relu"
@@ -658,25 +662,28 @@ class ExpertRows(torch.autograd.Function):
             if relu:
                 # The gates' gradient times the gates, $x \cdot \delta x$ for each slot (the ReLU identity above)
                 grad_s = torch.mul(xc, dx[c0:c1], out=work_space(ctx.memory, "product", c1 - c0, d_model, xc)).sum(-1)
-            for e0, e1, m, s0, _ in chunk_groups if b2 is not None else ():
-                k, a, b = e1 - e0, s0 - c0, s0 - c0 + (e1 - e0) * m
-                gk, ghk = g[a:b].view(k, m, -1), gh[a:b].view(k, m, -1)
-                # The biases' part of the gates' gradient, $s g \cdot b_2$ (and for ReLU $\delta \cdot b_1$),
-                # row by row (`vecdot`: a `bmm` by a one-column matrix takes several times as long),
-                # and the biases' gradients, the sums of $s g$ and $\delta$ over the rows
-                grad_s[a:b] += torch.linalg.vecdot(gk, b2[e0:e1, None, :]).view(-1)
+            if b2 is not None:
+                # The biases' part of the gates' gradient, $s g \cdot b_2^{(e)}$ (and for ReLU
+                # $\delta \cdot b_1^{(e)}$): the dot products of every row with the biases of
+                # every expert of the chunk, experts `e0` to `e1 - 1`, in two thin products,
+                # `[c1 - c0, e1 - e0]`, and each row's own column; the biases' gradients,
+                # the sums of $s g$ and $\delta$ over each expert's rows
+                e0, e1 = chunk_groups[0][0], chunk_groups[-1][1]
+                se = slot_expert[c0:c1] - e0 if e0 else slot_expert[c0:c1]
+                by_expert = torch.mm(g, b2[e0:e1].t())
                 if relu:
-                    grad_s[a:b] += torch.linalg.vecdot(ghk, b1[e0:e1, None, :]).view(-1)
-                grad_b2[e0:e1] += gk.sum(1)
-                grad_b1[e0:e1] += ghk.sum(1)
+                    by_expert.addmm_(gh, b1[e0:e1].t())
+                grad_s += by_expert.gather(1, se[:, None]).view(-1)
+                grad_b2[e0:e1].index_add_(0, se, g)
+                grad_b1[e0:e1].index_add_(0, se, gh)
             # (padding slots divide zero by zero; their values are never read)
             torch.div(grad_s, slot_scale[c0:c1], out=grad_slot_scale[c0:c1])
         # Each token reads its slot's gradient (zero if dropped)
         need = ctx.needs_input_grad
         grad_x = torch.index_select(dx, 0, source) if need[0] else None
         grad_scale = torch.index_select(grad_slot_scale, 0, source) if need[2] else None
-        return (grad_x, None, grad_scale, grad_w1 if need[3] else None, grad_b1 if need[4] else None,
-                grad_w2 if need[5] else None, grad_b2 if need[6] else None, None, None, None, None)
+        return (grad_x, None, grad_scale, None, grad_w1 if need[4] else None, grad_b1 if need[5] else None,
+                grad_w2 if need[6] else None, grad_b2 if need[7] else None, None, None, None, None)
 
 
 def _expert_groups(sizes: list[int], d_model: int, d_hidden: int,

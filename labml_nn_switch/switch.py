@@ -584,7 +584,7 @@ class SwitchFeedForward(nn.Module):
                 start = end + n
             end += n
         rows = torch.cat(pieces + [plan.order[start:]]) if pieces else plan.order
-        return self.experts.forward_rows(x, rows, sizes, scale)
+        return self.experts.forward_rows(x, rows, sizes, scale, plan.token_expert)
 
     def _combine(self, y: torch.Tensor, plan: DispatchPlan, scale: torch.Tensor) -> torch.Tensor:
         r"""
