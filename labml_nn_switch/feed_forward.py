@@ -453,17 +453,19 @@ CHUNK_ELEMENTS = 1 << 22
 # took 4,000 to 6,000 page faults per step at 8 experts of $512 \times 2048$.
 PACK_ELEMENTS = 1 << 20
 
-# What one call of a matrix multiplication costs beyond its arithmetic, counted
-# in multiply-adds. Two million is our estimate for a 2-core AVX-512 CPU, where
-# four experts of 512 rows of $128 \times 256$ run 16% faster in one `bmm` than
-# in four calls, and experts of 512 rows of $512 \times 2048$ only 6% faster.
-# Experts are grouped into one `bmm` while the padding this adds costs fewer
-# multiply-adds than the calls it saves. On a 2-core AVX2 CPU one `bmm` saves
-# only about 3% at either size, and the layer ran as fast with this value as
-# with half of it or with no grouping at all.
-CALL_COST = 1 << 21
-# The most padding a group may have, as a fraction of its kept rows: it is kept for
-# backward like the rows, so this bounds the memory it adds.
+# The most padding a group of experts may have, as a fraction of its kept rows.
+# One `bmm` over a group hands one product to each thread at a time (MKL's
+# batched GEMM), where a call per expert splits each product over the threads.
+# On a 2-core Intel CPU with AVX-512 the `bmm` was 16% faster for four experts
+# of 512 rows of $128 \times 256$ and 6% for 512 rows of $512 \times 2048$; on a
+# 2-core AMD EPYC with AVX-512, 3% at the first size and 23% for 64 rows of
+# $512 \times 2048$; on a 2-core AVX2 CPU about 3%. The padding costs its
+# arithmetic, and it is kept for backward like the rows: this bounds both.
+# (A bound counted in multiply-adds per call saved instead, two million, as if
+# a call cost the same at every size, grouped almost nothing at
+# $512 \times 2048$: on the AMD CPU the layer of 64 such experts ran 1.12 to
+# 1.15 times faster with this bound alone, the other sizes of the benchmark
+# as fast.)
 MAX_PADDING = 1 / 8
 
 
@@ -481,19 +483,17 @@ class ExpertRows(torch.autograd.Function):
 
     **Groups of experts, one `bmm` each.** One matrix multiplication per
     expert is slower than one `torch.bmm` over the same products, the more so
-    the smaller they are (`CALL_COST`). But `bmm` needs every expert of its
-    stack to have the same number of rows. So neighbouring experts are grouped
+    the fewer rows they have (`MAX_PADDING`). But `bmm` needs every expert of
+    its stack to have the same number of rows. So neighbouring experts are grouped
     (`_expert_groups`): $k$ experts of at most $m$ kept rows each get $m$
     *slots* each, in one `[k, m, d_model]` tensor. The slots an expert does not
     fill repeat its last kept row with a gate of zero: they add nothing to any
     output or gradient, but they cost arithmetic. A group grows while its
-    padding costs less than the calls it saves: experts of
-    $128 \times 256$, the experiment's, may add 64 padding rows per call
-    saved, so its four experts share one `bmm` while their counts are about
-    even; experts of $512 \times 2048$ may add 2, so only (nearly) equal
-    counts are grouped. A group's padding never exceeds `MAX_PADDING` of its
-    kept rows. Otherwise each expert is a group of one, with no padding at
-    all. Dropped tokens are never computed.
+    padding stays within `MAX_PADDING`, an eighth, of its kept rows: the
+    experiment's four experts share one `bmm` while their counts are within
+    about an eighth of one another, and so do neighbours of about equal counts
+    among many experts. Otherwise each expert is a group of one, with no
+    padding at all. Dropped tokens are never computed.
 
     The slots' scaled outputs are collected in one `[n_slots + 1, d_model]`
     tensor whose last row is zero, and each token reads its own row there (a
@@ -556,7 +556,7 @@ class ExpertRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, rows, scale, expert, w1, b1, w2, b2, sizes, activation, p, memory):
-        groups, n_slots = _expert_groups(sizes, x.shape[1], w1.shape[-1])
+        groups, n_slots = _expert_groups(sizes, w1.shape[-1])
         chunks = _chunks(groups, w1.shape[-1])
         # Where each kept row sits among the slots, the token and the gate of each slot
         # (padding slots: their expert's last kept row, with a gate of zero),
@@ -686,18 +686,16 @@ class ExpertRows(torch.autograd.Function):
                 grad_w2 if need[6] else None, grad_b2 if need[7] else None, None, None, None, None)
 
 
-def _expert_groups(sizes: list[int], d_model: int, d_hidden: int,
+def _expert_groups(sizes: list[int], d_hidden: int,
                    threads: int | None = None) -> tuple[list[tuple[int, int, int, int, bool]], int]:
     """
     The groups of experts, and the number of slots they take. Each group is
     `(e0, e1, m, s0, first)`: experts `e0` to `e1 - 1`, `m` slots each, from
     slot `s0` on; `first` says the group holds the first rows of its experts.
-    Neighbouring experts are grouped while the padding's multiply-adds (a
-    padding row costs about `d_model * d_hidden` in each product) stay under
-    `CALL_COST` per call saved, the padding within `MAX_PADDING` of the rows,
-    and the hidden layer within `CHUNK_ELEMENTS`; an expert with more rows than
-    that limit is cut into several groups of one expert. Experts without rows
-    are in no group.
+    Neighbouring experts are grouped while the padding stays within
+    `MAX_PADDING` of the rows and the hidden layer within `CHUNK_ELEMENTS`; an
+    expert with more rows than that limit is cut into several groups of one
+    expert. Experts without rows are in no group.
 
     A group of several experts holds a multiple of `threads` experts (torch's
     threads, `torch.get_num_threads()`, unless given). On the CPU `torch.bmm`
@@ -731,8 +729,7 @@ def _expert_groups(sizes: list[int], d_model: int, d_hidden: int,
         while e1 < len(sizes) and sizes[e1] > 0:
             m_next, k_next = max(m, sizes[e1]), e1 + 1 - e0
             padding = m_next * k_next - n_rows - sizes[e1]
-            if (m_next * k_next > step or padding * d_model * d_hidden > (k_next - 1) * CALL_COST
-                    or padding > MAX_PADDING * (n_rows + sizes[e1])):
+            if m_next * k_next > step or padding > MAX_PADDING * (n_rows + sizes[e1]):
                 break
             e1, m, n_rows = e1 + 1, m_next, n_rows + sizes[e1]
         # A whole number of rounds of the threads (or one expert alone)

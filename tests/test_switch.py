@@ -542,13 +542,11 @@ def test_blocks_path_saves_about_what_the_dense_ffn_saves():
     dense = FeedForward(d_model=32, d_ff=256, dropout=0.0)
     _, result = ff(x)
     # The hidden layer is kept for the kept tokens' slots only: the kept rows and a
-    # little padding (each row of it worth less than a call saved), a fraction of the dense one's
-    from labml_nn_switch.feed_forward import CALL_COST, MAX_PADDING, _expert_groups
+    # little padding, a fraction of the dense one's
+    from labml_nn_switch.feed_forward import MAX_PADDING, _expert_groups
     sizes = result.counts.clamp(max=result.capacity).tolist()
-    groups, n_slots = _expert_groups(sizes, 32, 256)
-    calls_saved = sum(e1 - e0 - 1 for e0, e1, *_ in groups)
-    assert sum(sizes) <= n_slots <= sum(sizes) + calls_saved * CALL_COST / (32 * 256) and sum(sizes) < 256
-    assert n_slots <= (1 + MAX_PADDING) * sum(sizes)
+    groups, n_slots = _expert_groups(sizes, 256)
+    assert sum(sizes) <= n_slots <= (1 + MAX_PADDING) * sum(sizes) and sum(sizes) < 256
     # ... plus the router's few `[n_tokens, n_experts]` tensors and the slots' `[n_tokens]` maps
     assert saved_bytes(ff, x) <= (n_slots / 256 + 0.07) * saved_bytes(dense, x)
 
@@ -620,37 +618,39 @@ def test_blocks_path_in_small_chunks_matches_reference(monkeypatch, chunk):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("call_cost", [0, 1 << 30])
-def test_blocks_path_with_and_without_padded_groups_matches_reference(monkeypatch, call_cost, threads):
-    # A call costing nothing: only experts with equal runs share a `bmm`. A call costing
-    # more than any padding: every run of experts with tokens is one group (of an even
-    # number of experts on 2 threads), most slots padding, which must add nothing
+@pytest.mark.parametrize("max_padding", [0.0, 100.0])
+def test_blocks_path_with_and_without_padded_groups_matches_reference(monkeypatch, max_padding, threads):
+    # No padding allowed: only experts with equal runs share a `bmm`. Padding without
+    # bound: every run of experts with tokens is one group (of an even number of
+    # experts on 2 threads), most slots padding, which must add nothing
     from labml_nn_switch import feed_forward
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    monkeypatch.setattr(feed_forward, "CALL_COST", call_cost)
-    monkeypatch.setattr(feed_forward, "MAX_PADDING", 100.0 if call_cost else 0.0)
+    monkeypatch.setattr(feed_forward, "MAX_PADDING", max_padding)
     for options in CASES:
         ff = make_layer(**options)
         x = torch.randn(15, 2, 8, dtype=torch.float64)
         assert_matches_reference(ff, x, atol=1e-10)
     sizes = [5, 1, 0, 7, 7]
-    groups, n_slots = feed_forward._expert_groups(sizes, 8, 16, threads=1)
+    groups, n_slots = feed_forward._expert_groups(sizes, 16, threads=1)
     assert sorted(e for e0, e1, *_ in groups for e in range(e0, e1)) == [0, 1, 3, 4]
-    assert n_slots == (sum(sizes) if call_cost == 0 else 10 + 14)
+    assert n_slots == (sum(sizes) if max_padding == 0 else 10 + 14)
 
 
-def test_groups_padding_is_bounded_by_the_calls_saved_and_by_the_rows(monkeypatch):
+def test_groups_padding_is_bounded_by_the_rows(monkeypatch):
     from labml_nn_switch import feed_forward
     monkeypatch.setattr(feed_forward, "MAX_PADDING", 1 / 8)
-    monkeypatch.setattr(feed_forward, "CALL_COST", 2 * 8 * 16)
-    # Two padding rows are worth one call: 8 and 7 share a `bmm` (1 padding row of 15),
-    # 8 and 5 do not (3 rows cost more than the call; and more than an eighth of 13)
-    assert feed_forward._expert_groups([8, 7], 8, 16, threads=1) == ([(0, 2, 8, 0, True)], 16)
-    assert feed_forward._expert_groups([8, 5], 8, 16, threads=1) == ([(0, 1, 8, 0, True), (1, 2, 5, 8, True)], 13)
-    # Calls free of cost: only the rows' bound is left, 2 of 16 rows
-    monkeypatch.setattr(feed_forward, "CALL_COST", 1 << 30)
-    assert feed_forward._expert_groups([8, 8, 6], 8, 16, threads=1) == ([(0, 3, 8, 0, True)], 24)
-    assert feed_forward._expert_groups([8, 8, 5], 8, 16, threads=1)[1] == 21
+    # An eighth of the rows: 8 and 7 share a `bmm` (1 padding row of 15), 8 and 5 do
+    # not (3 of 13); 8, 8 and 6 do (2 of 22), 8, 8 and 5 do not (3 of 21)
+    assert feed_forward._expert_groups([8, 7], 16, threads=1) == ([(0, 2, 8, 0, True)], 16)
+    assert feed_forward._expert_groups([8, 5], 16, threads=1) == ([(0, 1, 8, 0, True), (1, 2, 5, 8, True)], 13)
+    assert feed_forward._expert_groups([8, 8, 6], 16, threads=1) == ([(0, 3, 8, 0, True)], 24)
+    assert feed_forward._expert_groups([8, 8, 5], 16, threads=1)[1] == 21
+    # The bound holds at any size of the experts: 64 experts of 4,096 tokens at d_ff 2048
+    sizes = torch.randint(48, 80, (64,), generator=torch.Generator().manual_seed(0)).tolist()
+    groups, n_slots = feed_forward._expert_groups(sizes, 2048, threads=2)
+    assert sum(sizes) < n_slots <= (1 + 1 / 8) * sum(sizes)
+    for e0, e1, m, *_ in groups:
+        assert (e1 - e0) * m - sum(sizes[e0:e1]) <= sum(sizes[e0:e1]) / 8
 
 
 def test_groups_of_several_experts_are_whole_rounds_of_the_threads(monkeypatch):
@@ -659,21 +659,20 @@ def test_groups_of_several_experts_are_whole_rounds_of_the_threads(monkeypatch):
     # starts the next group; fewer experts than threads run one by one.
     from labml_nn_switch import feed_forward
     monkeypatch.setattr(feed_forward, "MAX_PADDING", 1.0)
-    monkeypatch.setattr(feed_forward, "CALL_COST", 1 << 30)
     sizes = [8, 8, 6, 8, 7]
-    assert feed_forward._expert_groups(sizes, 8, 16, threads=1) == ([(0, 5, 8, 0, True)], 40)
-    assert feed_forward._expert_groups(sizes, 8, 16, threads=2) == (
+    assert feed_forward._expert_groups(sizes, 16, threads=1) == ([(0, 5, 8, 0, True)], 40)
+    assert feed_forward._expert_groups(sizes, 16, threads=2) == (
         [(0, 4, 8, 0, True), (4, 5, 7, 32, True)], 39)
-    assert feed_forward._expert_groups(sizes[:3], 8, 16, threads=2) == (
+    assert feed_forward._expert_groups(sizes[:3], 16, threads=2) == (
         [(0, 2, 8, 0, True), (2, 3, 6, 16, True)], 22)
     # The expert given back no longer pads the group
-    assert feed_forward._expert_groups([6, 6, 8], 8, 16, threads=2) == (
+    assert feed_forward._expert_groups([6, 6, 8], 16, threads=2) == (
         [(0, 2, 6, 0, True), (2, 3, 8, 12, True)], 20)
-    groups, n_slots = feed_forward._expert_groups(sizes, 8, 16, threads=8)
+    groups, n_slots = feed_forward._expert_groups(sizes, 16, threads=8)
     assert [g[:3] for g in groups] == [(e, e + 1, n) for e, n in enumerate(sizes)] and n_slots == sum(sizes)
     # The default is torch's own number of threads
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert feed_forward._expert_groups(sizes, 8, 16) == feed_forward._expert_groups(sizes, 8, 16, threads=2)
+    assert feed_forward._expert_groups(sizes, 16) == feed_forward._expert_groups(sizes, 16, threads=2)
 
 
 def test_groups_are_packed_into_chunks_in_order(monkeypatch):
