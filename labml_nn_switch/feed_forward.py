@@ -458,14 +458,14 @@ PACK_ELEMENTS = 1 << 20
 # batched GEMM), where a call per expert splits each product over the threads.
 # On a 2-core Intel CPU with AVX-512 the `bmm` was 16% faster for four experts
 # of 512 rows of $128 \times 256$ and 6% for 512 rows of $512 \times 2048$; on a
-# 2-core AMD EPYC with AVX-512, 3% at the first size and 23% for 64 rows of
-# $512 \times 2048$; on a 2-core AVX2 CPU about 3%. The padding costs its
-# arithmetic, and it is kept for backward like the rows: this bounds both.
-# (A bound counted in multiply-adds per call saved instead, two million, as if
-# a call cost the same at every size, grouped almost nothing at
-# $512 \times 2048$: on the AMD CPU the layer of 64 such experts ran 1.12 to
-# 1.15 times faster with this bound alone, the other sizes of the benchmark
-# as fast.)
+# 2-core AMD EPYC with AVX-512 8% and 5%, and 23% for 64 rows of
+# $512 \times 2048$ (`bench_floor.py`); on a 2-core AVX2 CPU about 3%. The
+# padding costs its arithmetic, and it is kept for backward like the rows:
+# this bounds both. (A bound counted in multiply-adds per call saved instead,
+# two million, as if a call cost the same at every size, grouped almost
+# nothing at $512 \times 2048$: on the AMD CPU the layer of 64 such experts ran
+# 1.12 to 1.15 times faster with this bound alone, the other sizes of the
+# benchmark as fast.)
 MAX_PADDING = 1 / 8
 
 
