@@ -520,9 +520,9 @@ class ExpertRows(torch.autograd.Function):
 
     Written as one autograd `Function` so that backward keeps only what it
     needs: the input $x$ (the caller's tensor, kept anyway), the slots' map
-    and gates (and, with biases, each slot's expert), and the hidden layer. For ReLU that is its output, whose sign
-    is the derivative; for other activations the pre-activation, from which
-    backward recomputes the rest. The gathered input is gathered again rather
+    and gates (and, with biases, each slot's expert), and the hidden layer.
+    For ReLU that is its output, whose sign is the derivative; for other
+    activations the pre-activation, from which backward recomputes the rest. The gathered input is gathered again rather
     than kept. So the saved activations are about those of the dense FFN
     (dropped tokens have none; padding adds at most `MAX_PADDING`).
 
