@@ -15,10 +15,13 @@ gradients to write. This script times those products alone, with everything else
 
 The ratio to `dense` of the faster of the two is a lower bound for the ratio of any layer built
 on these products (ours, Hugging Face's, labml_nn's) at that size: a layer also routes, gathers,
-activates, and sees imbalance. Run interleaved in one process; medians of the paired ratios
-with their min and max. Nothing is set in the environment.
+activates, and sees imbalance. With `--anchors seed hf`, those two layers (as `bench_layer.py`
+builds and times them) run in the same rounds, and the floor's time over theirs says how far
+ahead of them any layer on these products could be in that run. Run interleaved in one process;
+medians of the paired ratios with their min and max. Nothing is set in the environment.
 
     python experiments/bench_floor.py                   # bench_layer.py's four sizes
+    python experiments/bench_floor.py --anchors seed hf # and the floor against labml_nn's and HF's layers
     python experiments/bench_floor.py --sweep experts   # 1..256 experts at 8192 tokens
 """
 
@@ -32,7 +35,7 @@ from pathlib import Path
 import torch
 
 from labml_nn_switch import FeedForward
-from bench_layer import RESULTS, SIZES, SWEEPS, forward, make_input, parse_size, spread
+from bench_layer import RESULTS, SIZES, SWEEPS, build, forward, make_input, parse_size, spread
 from machine import machine_meta
 
 
@@ -67,19 +70,27 @@ def products(n_tokens: int, d_model: int, d_ff: int, n_experts: int):
     return {"bmm": bmm, "loop": loop}
 
 
-def time_size(size, *, rounds: int, warmup: int) -> dict:
-    # The dense FFN alone: no Switch layer's bank of weights in this process
+def time_size(size, *, rounds: int, warmup: int, anchors: list[str]) -> dict:
+    # The dense FFN alone: no Switch layer's bank of weights in this process, unless `anchors`
+    # asks for the layers people would use instead (`bench_layer.py`'s, same weights, same loss)
     torch.manual_seed(0)
     dense = FeedForward(d_model=size[1], d_ff=size[2], dropout=0.0).train()
+    layers = {"dense": dense}
+    if anchors:
+        built = build(size, candidates=["ours", "dense", *anchors])
+        layers.update({name: built[name] for name in anchors})
+        del built
     x = make_input(size).requires_grad_()
 
-    def run_dense():
-        for p in dense.parameters():
-            p.grad = None
-        x.grad = None
-        forward("dense", dense, x)[1].backward()
+    def runner(name, module):
+        def run():
+            for p in module.parameters():
+                p.grad = None
+            x.grad = None
+            forward(name, module, x)[1].backward()
+        return run
 
-    runs = {"dense": run_dense, **products(*size)}
+    runs = {**{name: runner(name, module) for name, module in layers.items()}, **products(*size)}
     names = list(runs)
     times = {name: [] for name in names}
     for r in range(warmup + rounds):
@@ -90,11 +101,18 @@ def time_size(size, *, rounds: int, warmup: int) -> dict:
                 times[name].append(time.perf_counter() - start)
     row = {"tokens": size[0], "d_model": size[1], "d_ff": size[2], "n_experts": size[3],
            "dense_ms": statistics.median(times["dense"]) * 1e3}
-    floor = [min(b, lo) / d for b, lo, d in zip(times["bmm"], times["loop"], times["dense"])]
-    for name, ratios in (("bmm", [b / d for b, d in zip(times["bmm"], times["dense"])]),
-                         ("loop", [lo / d for lo, d in zip(times["loop"], times["dense"])]), ("floor", floor)):
+    # Round by round, the faster of the two ways of running the products
+    floor = [min(b, lo) for b, lo in zip(times["bmm"], times["loop"])]
+    to_dense = {name: [t / d for t, d in zip(times[name], times["dense"])] for name in ["bmm", "loop", *anchors]}
+    to_dense["floor"] = [f / d for f, d in zip(floor, times["dense"])]
+    for name, ratios in to_dense.items():
         ratios.sort()
         row[name] = {"ratio_to_dense": statistics.median(ratios), "ratio_min": ratios[0], "ratio_max": ratios[-1]}
+    # The floor's time over each anchor's in the same round: the most any layer could be ahead of it
+    for anchor in anchors:
+        ratios = sorted(f / t for f, t in zip(floor, times[anchor]))
+        row[f"floor_to_{anchor}"] = {"ratio": statistics.median(ratios), "ratio_min": ratios[0],
+                                     "ratio_max": ratios[-1]}
     return row
 
 
@@ -105,30 +123,37 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", default=None, help="the JSON to write (Markdown beside it)")
+    parser.add_argument("--anchors", nargs="*", choices=["seed", "hf"], default=[],
+                        help="also time these layers (bench_layer.py's) in the same rounds, and the floor against them")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
     sizes = args.sizes or (SWEEPS[args.sweep] if args.sweep else SIZES)
     out = RESULTS / f"bench_floor{'_' + args.sweep if args.sweep else ''}.json" if args.out is None else args.out
+    columns = ["bmm", "loop", "floor", *args.anchors]
     rows = []
     for size in sizes:
-        row = time_size(size, rounds=args.rounds, warmup=args.warmup)
+        row = time_size(size, rounds=args.rounds, warmup=args.warmup, anchors=args.anchors)
         rows.append(row)
-        print(f"{size}: dense {row['dense_ms']:.1f} ms  " + "  ".join(f"{k}/dense {spread(row[k])}"
-                                                                     for k in ("bmm", "loop", "floor")))
+        print(f"{size}: dense {row['dense_ms']:.1f} ms  "
+              + "  ".join(f"{k}/dense {spread(row[k])}" for k in columns)
+              + "".join(f"  floor/{a} {spread(row[f'floor_to_{a}'], 'ratio')}" for a in args.anchors))
     meta = {**machine_meta(torch.device("cpu")), "rounds": args.rounds, "warmup": args.warmup,
             "command": " ".join(["python experiments/bench_floor.py"] + sys.argv[1:])}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    head = ("| tokens, d_model, d_ff, experts | dense ms | " + " | ".join(f"{k} / dense" for k in columns)
+            + "".join(f" | floor / {a}" for a in args.anchors) + " |")
     lines = [f"The six products of an FFN for balanced experts, alone, against the dense FFN's whole forward and "
-             f"backward; median of {args.rounds} interleaved rounds of the paired ratios (min–max); {meta['device']}, "
+             f"backward{' and the layers ' + ' and '.join(args.anchors) if args.anchors else ''}; median of "
+             f"{args.rounds} interleaved rounds of the paired ratios (min–max); {meta['device']}, "
              f"{meta['threads']} threads, torch {meta['torch']}. Command: `{meta['command']}`.", "",
-             "| tokens, d_model, d_ff, experts | dense ms | bmm / dense | loop / dense | floor / dense |",
-             "|---|---|---|---|---|"]
+             head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         cells = [f"{row['tokens']}, {row['d_model']}, {row['d_ff']}, {row['n_experts']}", f"{row['dense_ms']:.0f}"]
-        cells += [spread(row[k]) for k in ("bmm", "loop", "floor")]
+        cells += [spread(row[k]) for k in columns]
+        cells += [spread(row[f"floor_to_{a}"], "ratio") for a in args.anchors]
         lines.append("| " + " | ".join(cells) + " |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out} and {out.with_suffix('.md')}")

@@ -51,6 +51,26 @@ def test_bench_floor_writes_both_ways_and_the_lower(tmp_path):
     assert "| 512, 8, 16, 8 |" in out.with_suffix(".md").read_text()
 
 
+def test_bench_floor_sets_the_floor_against_the_anchors(tmp_path):
+    import importlib.util
+    anchors = [name for name, module in (("seed", "labml_nn"), ("hf", "transformers"))
+               if importlib.util.find_spec(module) is not None]
+    if not anchors:
+        pytest.skip("the anchors come from the `bench` extra")
+    out = tmp_path / "floor.json"
+    run("bench_floor.py", "--sizes", "256,12,20,4", "--rounds", "3", "--warmup", "1", "--out", str(out),
+        "--anchors", *anchors)
+    row = json.loads(out.read_text())["results"][0]
+    for anchor in anchors:
+        assert row[anchor]["ratio_min"] <= row[anchor]["ratio_to_dense"] <= row[anchor]["ratio_max"]
+        # The floor over the anchor, round by round, lies between its ratios to dense at the extremes
+        floor_to = row[f"floor_to_{anchor}"]
+        assert floor_to["ratio_min"] <= floor_to["ratio"] <= floor_to["ratio_max"]
+        assert floor_to["ratio_min"] >= row["floor"]["ratio_min"] / row[anchor]["ratio_max"] * (1 - 1e-9)
+    table = out.with_suffix(".md").read_text()
+    assert all(f"| floor / {a}" in table for a in anchors) and "| 256, 12, 20, 4 |" in table
+
+
 def test_bench_train_writes_the_ratio(tmp_path):
     out = tmp_path / "train.json"
     run("bench_train.py", "--repeats", "2", "--warmup", "0", "--layers", "--experts", "1", "--out", str(out))
