@@ -145,8 +145,10 @@ def main() -> None:
     out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     head = ("| tokens, d_model, d_ff, experts | dense ms | " + " | ".join(f"{k} / dense" for k in columns)
             + "".join(f" | floor / {a}" for a in args.anchors) + " |")
+    named = ", ".join(f"`{a}`" for a in args.anchors)
+    layers = f", and those of the layers {named} as `bench_layer.py` times them" if args.anchors else ""
     lines = [f"The six products of an FFN for balanced experts, alone, against the dense FFN's whole forward and "
-             f"backward{' and the layers ' + ' and '.join(args.anchors) if args.anchors else ''}; median of "
+             f"backward{layers}; median of "
              f"{args.rounds} interleaved rounds of the paired ratios (min–max); {meta['device']}, "
              f"{meta['threads']} threads, torch {meta['torch']}. Command: `{meta['command']}`.", "",
              head, "|" + "---|" * (head.count("|") - 1)]

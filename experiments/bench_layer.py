@@ -17,7 +17,8 @@ copied from `ours`, checked equal, and the outputs compared (`hf` on every token
 tokens of experts within capacity: it drops at random and passes dropped tokens through).
 For each round and candidate we take the ratio of its time to `dense`'s in the same round and
 report the median and the spread (min and max) of these paired ratios, which cancels most of the
-drift of a shared machine. We also count the minor page faults per step and the bytes of
+drift of a shared machine. 31 rounds by default: with fewer, a handful of slow rounds moves the
+median from one run to the next. We also count the minor page faults per step and the bytes of
 activations saved for backward (beyond the parameters and the input).
 
 Nothing is set in the environment: run it as a user would.
@@ -277,7 +278,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=parse_size, nargs="+", default=None)
     parser.add_argument("--sweep", choices=sorted(SWEEPS), default=None)
     parser.add_argument("--candidates", nargs="+", choices=CANDIDATES, default=CANDIDATES)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="run under bfloat16 autocast")
     parser.add_argument("--out", type=Path, default=None, help="the JSON to write (Markdown beside it)")
