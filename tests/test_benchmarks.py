@@ -19,11 +19,16 @@ def run(script: str, *args: str) -> None:
                                   f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
 
 
+def installed_anchors() -> list[str]:
+    """The anchors whose packages are installed (the `bench` extra): `seed` (labml-nn), `hf` (transformers)."""
+    import importlib.util
+    return [name for name, module in (("seed", "labml_nn"), ("hf", "transformers"))
+            if importlib.util.find_spec(module) is not None]
+
+
 def test_bench_layer_writes_every_candidate_and_ratio(tmp_path):
     # The anchors come from the `bench` extra; without it, ours against dense alone
-    import importlib.util
-    anchors = [name for name, module in (("seed", "labml_nn"), ("hf", "transformers"))
-               if importlib.util.find_spec(module) is not None]
+    anchors = installed_anchors()
     out = tmp_path / "layer.json"
     run("bench_layer.py", "--sizes", "256,12,20,4", "--rounds", "2", "--warmup", "1", "--out", str(out),
         "--candidates", "ours", "dense", *anchors)
@@ -52,9 +57,7 @@ def test_bench_floor_writes_both_ways_and_the_lower(tmp_path):
 
 
 def test_bench_floor_sets_the_floor_against_the_anchors(tmp_path):
-    import importlib.util
-    anchors = [name for name, module in (("seed", "labml_nn"), ("hf", "transformers"))
-               if importlib.util.find_spec(module) is not None]
+    anchors = installed_anchors()
     if not anchors:
         pytest.skip("the anchors come from the `bench` extra")
     out = tmp_path / "floor.json"
@@ -63,7 +66,8 @@ def test_bench_floor_sets_the_floor_against_the_anchors(tmp_path):
     row = json.loads(out.read_text())["results"][0]
     for anchor in anchors:
         assert row[anchor]["ratio_min"] <= row[anchor]["ratio_to_dense"] <= row[anchor]["ratio_max"]
-        # The floor over the anchor, round by round, lies between its ratios to dense at the extremes
+        # Round by round floor/anchor = (floor/dense) / (anchor/dense): never below the floor's
+        # smallest ratio to dense over the anchor's largest
         floor_to = row[f"floor_to_{anchor}"]
         assert floor_to["ratio_min"] <= floor_to["ratio"] <= floor_to["ratio_max"]
         assert floor_to["ratio_min"] >= row["floor"]["ratio_min"] / row[anchor]["ratio_max"] * (1 - 1e-9)
