@@ -468,6 +468,19 @@ PACK_ELEMENTS = 1 << 20
 # benchmark as fast.)
 MAX_PADDING = 1 / 8
 
+# What a product of its own costs beyond its rows, counted in rows: an
+# expert's rows beyond its group's `bmm` block (a *tail*) are multiplied on
+# their own, in one more call per product, instead of padding the block for
+# everyone. At $128 \times 256$ a call's fixed cost, roughly 10 us a product,
+# is the time of some 30 rows; at $512 \times 2048$ the call costs little but
+# a product of a few rows runs far below the speed of a full one. On the AMD
+# CPU, against padding every group to its busiest expert: 0.991, 0.992, 0.982
+# and 0.983 of the time at the four sizes of `bench_layer.py` (1,000, 30, 30
+# and 30 interleaved rounds); 16 or 64 instead of 32 made no difference at the
+# experiment's size and cost 1-2% at 64 experts. Every tail instead of any
+# padding cost 16% there (tails of 10 to 30 rows).
+TAIL_ROWS = 32
+
 
 class ExpertRows(torch.autograd.Function):
     r"""
@@ -485,15 +498,22 @@ class ExpertRows(torch.autograd.Function):
     expert is slower than one `torch.bmm` over the same products, the more so
     the fewer rows they have (`MAX_PADDING`). But `bmm` needs every expert of
     its stack to have the same number of rows. So neighbouring experts are grouped
-    (`_expert_groups`): $k$ experts of at most $m$ kept rows each get $m$
-    *slots* each, in one `[k, m, d_model]` tensor. The slots an expert does not
-    fill repeat its last kept row with a gate of zero: they add nothing to any
-    output or gradient, but they cost arithmetic. A group grows while its
-    padding stays within `MAX_PADDING`, an eighth, of its kept rows: the
-    experiment's four experts share one `bmm` while their counts are within
-    about an eighth of one another, and so do neighbours of about equal counts
-    among many experts. Otherwise each expert is a group of one, with no
-    padding at all. Dropped tokens are never computed.
+    (`_expert_groups`): $k$ experts get $m$ *slots* each, in one
+    `[k, m, d_model]` tensor. An expert with fewer than $m$ kept rows fills the
+    rest of its slots by repeating its last kept row with a gate of zero: such
+    padding adds nothing to any output or gradient, but it costs arithmetic.
+    An expert with more than $m$ puts the rest, its *tail*, in slots after the
+    group's block, multiplied on their own (a group of one expert that adds to
+    the weight gradient of the first). $m$ is chosen per group to cost the
+    least, counting a tail as its rows plus `TAIL_ROWS`: the counts 548, 491,
+    496 and 513 (`bench_layer.py` at the experiment's size) make a block of 496
+    rows each, five of them padding for the expert of 491, and tails of 52 and
+    17 rows. A group grows while padding every expert to its busiest stays
+    within `MAX_PADDING`, an eighth, of its kept rows: the experiment's four
+    experts share one `bmm` while their counts are within about an eighth of
+    one another, and so do neighbours of about equal counts among many
+    experts. Otherwise each expert is a group of one, with no padding at all.
+    Dropped tokens are never computed.
 
     The slots' scaled outputs are collected in one `[n_slots + 1, d_model]`
     tensor whose last row is zero, and each token reads its own row there (a
@@ -559,7 +579,7 @@ class ExpertRows(torch.autograd.Function):
         groups, n_slots = _expert_groups(sizes, w1.shape[-1])
         chunks = _chunks(groups, w1.shape[-1])
         # Where each kept row sits among the slots, the token and the gate of each slot
-        # (padding slots: their expert's last kept row, with a gate of zero),
+        # (padding slots: the last row of their expert in the block, with a gate of zero),
         # and for each token the slot it reads (`n_slots`, the zero row, if dropped)
         slot_of_row, slot_token, slot_scale = _slots(rows, scale.index_select(0, rows), sizes, groups, n_slots)
         source = _token_sources(rows, slot_of_row, x.shape[0], n_slots)
@@ -665,10 +685,12 @@ class ExpertRows(torch.autograd.Function):
             if b2 is not None:
                 # The biases' part of the gates' gradient, $s g \cdot b_2^{(e)}$ (and for ReLU
                 # $\delta \cdot b_1^{(e)}$): the dot products of every row with the biases of
-                # every expert of the chunk, experts `e0` to `e1 - 1`, in two thin products,
+                # every expert of the chunk, experts `e0` to `e1 - 1` (its groups are in slot
+                # order, and a tail may follow a later expert), in two thin products,
                 # `[c1 - c0, e1 - e0]`, and each row's own column; the biases' gradients,
                 # the sums of $s g$ and $\delta$ over each expert's rows
-                e0, e1 = chunk_groups[0][0], chunk_groups[-1][1]
+                e0 = min(group[0] for group in chunk_groups)
+                e1 = max(group[1] for group in chunk_groups)
                 se = slot_expert[c0:c1] - e0 if e0 else slot_expert[c0:c1]
                 by_expert = torch.mm(g, b2[e0:e1].t())
                 if relu:
@@ -691,11 +713,13 @@ def _expert_groups(sizes: list[int], d_hidden: int,
     """
     The groups of experts, and the number of slots they take. Each group is
     `(e0, e1, m, s0, first)`: experts `e0` to `e1 - 1`, `m` slots each, from
-    slot `s0` on; `first` says the group holds the first rows of its experts.
-    Neighbouring experts are grouped while the padding stays within
-    `MAX_PADDING` of the rows and the hidden layer within `CHUNK_ELEMENTS`; an
-    expert with more rows than that limit is cut into several groups of one
-    expert. Experts without rows are in no group.
+    slot `s0` on; `first` says the group holds the first rows of its experts
+    (otherwise it is one expert's next rows: the cut of a long run, or a tail).
+    Neighbouring experts are grouped while padding them all to the busiest
+    stays within `MAX_PADDING` of the rows and the hidden layer within
+    `CHUNK_ELEMENTS`; the group's block then takes `_block_rows` rows of each
+    expert, and the tails follow it. An expert with more rows than the limit is
+    cut into several groups of one expert. Experts without rows are in no group.
 
     A group of several experts holds a multiple of `threads` experts (torch's
     threads, `torch.get_num_threads()`, unless given). On the CPU `torch.bmm`
@@ -735,11 +759,27 @@ def _expert_groups(sizes: list[int], d_hidden: int,
         # A whole number of rounds of the threads (or one expert alone)
         if e1 - e0 > 1 and (e1 - e0) % threads:
             e1 = e0 + max(1, (e1 - e0) // threads * threads)
-            m = max(sizes[e0:e1])
+        # The block, `m` rows of each expert, then the tails of those with more
+        m = _block_rows(sizes[e0:e1])
         groups.append((e0, e1, m, s0, True))
         s0 += (e1 - e0) * m
+        for e in range(e0, e1):
+            if sizes[e] > m:
+                groups.append((e, e + 1, sizes[e] - m, s0, False))
+                s0 += sizes[e] - m
         e0 = e1
     return groups, s0
+
+
+def _block_rows(sizes: list[int]) -> int:
+    """
+    The rows per expert of a group's `bmm` block that cost the least: one of
+    the group's counts $n_e$, the $m$ that minimises the padding
+    $\sum_e \max(m - n_e, 0)$ plus `TAIL_ROWS` for each expert with a tail
+    ($n_e > m$); of equal costs the largest (the fewest calls).
+    """
+    return min(sorted(set(sizes), reverse=True),
+               key=lambda m: sum(max(m - n, 0) + (TAIL_ROWS if n > m else 0) for n in sizes))
 
 
 def _chunks(groups: list[tuple[int, int, int, int, bool]], d_hidden: int) -> list[tuple[int, int, list]]:
@@ -763,29 +803,56 @@ def _chunks(groups: list[tuple[int, int, int, int, bool]], d_hidden: int) -> lis
 
 def _slots(rows: torch.Tensor, scale: torch.Tensor, sizes: list[int], groups: list, n_slots: int):
     """
-    * `slot_of_row`: `[n_rows]`, the slot of each kept row (`None` when there is no padding: the same)
-    * `slot_token`: `[n_slots]`, the token in each slot (a padding slot repeats the last kept row of its expert)
+    * `slot_of_row`: `[n_rows]`, the slot of each kept row (`None` when the slots are the rows)
+    * `slot_token`: `[n_slots]`, the token in each slot (a padding slot repeats the last row of its expert's block)
     * `slot_scale`: `[n_slots]`, the gate of each slot (zero for padding)
+
+    Each group takes, for each of its experts, a run of its next rows into a
+    run of slots (and pads the run to `m` slots); an expert's rows are
+    consecutive in `rows`, from `start[e]` on. Every run moves by a constant,
+    its first slot minus its first row: the maps are one `repeat_interleave`
+    of the runs' shifts each way.
     """
-    n_rows = len(rows)
-    if n_slots == n_rows:
-        # No padding: the slots are the rows
-        return None, rows, scale
-    # Row $i$ of expert $e$ moves by the padding before it: `slot[e] - start[e]`
-    shift, start = [0] * len(sizes), 0
-    for e0, e1, m, s0, first in groups:
+    start, done = [0] * len(sizes), [0] * len(sizes)
+    for e in range(1, len(sizes)):
+        start[e] = start[e - 1] + sizes[e - 1]
+    # The runs in slot order, `(slots, row - slot, 1)` for kept rows and `(slots, row, 0)`
+    # for padding; the kept runs in row order, `(row, rows, slot - row)`
+    slot_runs, row_runs = [], []
+    for e0, e1, m, s0, _ in groups:
         for e in range(e0, e1):
-            if first:
-                shift[e] = s0 + (e - e0) * m - start
-            start += sizes[e] if first else 0
-    shift_and_size = torch.tensor([shift, sizes], device=rows.device)
-    shifts = shift_and_size[0].repeat_interleave(shift_and_size[1], output_size=n_rows)
-    slot_of_row = torch.arange(n_rows, device=rows.device) + shifts
-    # Each slot's row; a padding slot takes the last row written before it (`cummax`),
-    # which is the last kept row of its own expert
-    slot_row = rows.new_zeros(n_slots).scatter_(0, slot_of_row, torch.arange(n_rows, device=rows.device))
-    slot_row = torch.cummax(slot_row, dim=0).values
-    slot_scale = scale.new_zeros(n_slots).scatter_(0, slot_of_row, scale)
+            slot, row = s0 + (e - e0) * m, start[e] + done[e]
+            n = min(m, sizes[e] - done[e])
+            slot_runs.append((n, row - slot, 1))
+            row_runs.append((row, n, slot - row))
+            if n < m:
+                slot_runs.append((m - n, row + n - 1, 0))
+            done[e] += n
+    padded = len(slot_runs) > len(row_runs)
+    if not padded and all(shift == 0 for *_, shift in row_runs):
+        # The slots are the rows
+        return None, rows, scale
+    row_runs.sort()
+    k = len(slot_runs)
+    # All the runs' numbers in one tensor (one copy to make), then cut
+    runs = torch.tensor([r[i] for i in range(3) for r in slot_runs] + [r[i] for i in (1, 2) for r in row_runs],
+                        device=rows.device)
+    lengths, offsets, real = runs[:k], runs[k:2 * k], runs[2 * k:3 * k]
+    row_lengths, shifts = runs[3 * k:3 * k + len(row_runs)], runs[3 * k + len(row_runs):]
+    # Each slot's row: `slot + (row - slot)` in a kept run; in padding the
+    # slot is multiplied by 0 first, leaving the run's one row
+    slot_row = torch.arange(n_slots, device=rows.device)
+    if padded:
+        is_real = real.repeat_interleave(lengths, output_size=n_slots)
+        slot_row.mul_(is_real)
+    slot_row += offsets.repeat_interleave(lengths, output_size=n_slots)
+    # Each slot's gate, zero in padding
+    slot_scale = scale.index_select(0, slot_row)
+    if padded:
+        slot_scale = slot_scale * is_real
+    # Each kept row's slot
+    slot_of_row = torch.arange(len(rows), device=rows.device) + shifts.repeat_interleave(row_lengths,
+                                                                                          output_size=len(rows))
     return slot_of_row, rows.index_select(0, slot_row), slot_scale
 
 

@@ -605,35 +605,58 @@ print('ok', sorted(m for m in sys.modules if m.startswith('labml')))
     assert done.stdout.strip() == "ok []"
 
 
+@pytest.mark.parametrize("tail_rows", [0, 32])
 @pytest.mark.parametrize("chunk", [40, 200, 10_000])
-def test_blocks_path_in_small_chunks_matches_reference(monkeypatch, chunk):
+def test_blocks_path_in_small_chunks_matches_reference(monkeypatch, chunk, tail_rows):
     # Experts grouped under the chunk size, one expert per block, and one expert's
-    # rows cut into several blocks (its weight gradient summed over them)
+    # rows cut into several blocks (its weight gradient summed over them); with
+    # free tails, a group's tails in the chunk after its block, or in the next
     from labml_nn_switch import feed_forward
     monkeypatch.setattr(feed_forward, "CHUNK_ELEMENTS", chunk)
     monkeypatch.setattr(feed_forward, "PACK_ELEMENTS", chunk)
+    monkeypatch.setattr(feed_forward, "TAIL_ROWS", tail_rows)
     for options in (dict(n_experts=3), dict(n_experts=1, drop_tokens=False), dict(n_experts=4, activation="gelu")):
         ff = make_layer(**options)
         assert_matches_reference(ff, torch.randn(15, 2, 8, dtype=torch.float64), atol=1e-10)
 
 
+@pytest.mark.parametrize("tail_rows", [0, 3, 10**9])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("max_padding", [0.0, 100.0])
-def test_blocks_path_with_and_without_padded_groups_matches_reference(monkeypatch, max_padding, threads):
+def test_blocks_path_with_and_without_padded_groups_matches_reference(monkeypatch, max_padding, threads, tail_rows):
     # No padding allowed: only experts with equal runs share a `bmm`. Padding without
     # bound: every run of experts with tokens is one group (of an even number of
-    # experts on 2 threads), most slots padding, which must add nothing
+    # experts on 2 threads), whose block pads some experts and leaves tails of
+    # others (free tails: no padding at all; tails at no price: none), which
+    # must add nothing and miss nothing
     from labml_nn_switch import feed_forward
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     monkeypatch.setattr(feed_forward, "MAX_PADDING", max_padding)
+    monkeypatch.setattr(feed_forward, "TAIL_ROWS", tail_rows)
     for options in CASES:
         ff = make_layer(**options)
         x = torch.randn(15, 2, 8, dtype=torch.float64)
         assert_matches_reference(ff, x, atol=1e-10)
     sizes = [5, 1, 0, 7, 7]
     groups, n_slots = feed_forward._expert_groups(sizes, 16, threads=1)
-    assert sorted(e for e0, e1, *_ in groups for e in range(e0, e1)) == [0, 1, 3, 4]
-    assert n_slots == (sum(sizes) if max_padding == 0 else 10 + 14)
+    assert sorted({e for e0, e1, *_ in groups for e in range(e0, e1)}) == [0, 1, 3, 4]
+    # Experts 0 and 1 in one group: padded to 5 rows, or a block of 1 and a tail of 4
+    assert n_slots == (sum(sizes) if max_padding == 0 or tail_rows < 4 else 10 + 14)
+
+
+def test_group_blocks_leave_tails_where_they_cost_less_than_padding(monkeypatch):
+    # 100 and 40 rows: a block of 40 each and a tail of 60 (costing 60 + 32 rows)
+    # beats padding the second expert by 60; 100 and 90 pad by 10 instead
+    from labml_nn_switch import feed_forward
+    monkeypatch.setattr(feed_forward, "MAX_PADDING", 100.0)
+    monkeypatch.setattr(feed_forward, "TAIL_ROWS", 32)
+    assert feed_forward._expert_groups([100, 40], 16, threads=1) == (
+        [(0, 2, 40, 0, True), (0, 1, 60, 80, False)], 140)
+    assert feed_forward._expert_groups([100, 90], 16, threads=1) == ([(0, 2, 100, 0, True)], 200)
+    # The experiment's counts: a block of 496, padding 5 rows of the second expert, tails of 52 and 17
+    assert feed_forward._expert_groups([548, 491, 496, 513], 256, threads=2) == (
+        [(0, 4, 496, 0, True), (0, 1, 52, 1984, False), (3, 4, 17, 2036, False)], 2053)
+    assert feed_forward._block_rows([548, 491, 496, 513]) == 496
 
 
 def test_groups_padding_is_bounded_by_the_rows(monkeypatch):
@@ -769,3 +792,36 @@ def test_kept_memory_is_not_pickled():
     copy = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
     assert copy.experts.kept_memory == {}
     assert all(torch.equal(a, b) for a, b in zip(ff.state_dict().values(), copy.state_dict().values()))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_rows_of_experts_with_tails_and_biases_match_each_expert_alone(monkeypatch, activation):
+    # Counts 5, 4, 3 in one group with free tails: a block of 3 rows each, then
+    # the tails of experts 0 and 1, so the chunk's last group is not its last
+    # expert; every output and gradient (biases included) must be each expert's own
+    from labml_nn_switch import feed_forward
+    from labml_nn_switch.feed_forward import Experts
+    monkeypatch.setattr(feed_forward, "MAX_PADDING", 100.0)
+    monkeypatch.setattr(feed_forward, "TAIL_ROWS", 0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert [g[:3] for g in feed_forward._expert_groups([5, 4, 3], 8)[0]] == [(0, 3, 3), (0, 1, 2), (1, 2, 1)]
+    torch.manual_seed(0)
+    experts = Experts(n_experts=3, d_model=4, d_ff=8, dropout=0.0, activation=activation, bias=True).double()
+    with torch.no_grad():
+        experts.b1.normal_()
+        experts.b2.normal_()
+    # 13 tokens, 6 of them choosing expert 0: its last, token 12, is dropped (in no expert's rows)
+    expert = torch.tensor([2, 0, 1, 0, 2, 1, 0, 0, 1, 2, 0, 1, 0])
+    rows = torch.cat([torch.nonzero(expert == e).flatten()[:n] for e, n in enumerate([5, 4, 3])])
+    x = torch.randn(13, 4, dtype=torch.float64, requires_grad=True)
+    scale = torch.rand(13, dtype=torch.float64, requires_grad=True)
+    out = experts.forward_rows(x, rows, [5, 4, 3], scale, expert)
+    act = feed_forward.ACTIVATIONS[activation]
+    w1, b1, w2, b2 = experts.w1[expert], experts.b1[expert], experts.w2[expert], experts.b2[expert]
+    alone = scale[:, None] * (torch.einsum("th,thd->td", act(torch.einsum("td,tdh->th", x, w1) + b1), w2) + b2)
+    alone = torch.where((torch.arange(13) < 12)[:, None], alone, 0.0)
+    torch.testing.assert_close(out, alone)
+    g = torch.randn_like(out)
+    inputs = [x, scale, experts.w1, experts.b1, experts.w2, experts.b2]
+    for got, want in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(alone, inputs, g)):
+        torch.testing.assert_close(got, want)
