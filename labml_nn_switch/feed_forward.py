@@ -601,9 +601,13 @@ class ExpertRows(torch.autograd.Function):
             # other activations keep their input $h$ for backward
             act = h.relu_() if activation == "relu" else activate(h, activation)
             hidden.append(h)
-            # Expert dropout; for ReLU its output still tells the derivative (zero where either zeroed)
+            # Expert dropout; for ReLU its output still tells the derivative (zero where either zeroed).
+            # A unit is kept with probability $1 - p$, where a uniform draw from $[0, 1)$ is at
+            # least $p$: on the CPU `uniform_` and the comparison take half the time of
+            # `bernoulli_` (1.7 against 3.3 ms on `[2100, 256]`; the whole layer at the
+            # experiment's size with an expert dropout of 0.1, 0.89 of its time before)
             if p > 0:
-                mask = torch.empty_like(act).bernoulli_(1 - p)
+                mask = torch.empty_like(act).uniform_().ge_(p)
                 act = act.mul_(mask).div_(1 - p)
                 if activation != "relu":
                     masks.append(mask.bool())

@@ -825,3 +825,20 @@ def test_rows_of_experts_with_tails_and_biases_match_each_expert_alone(monkeypat
     inputs = [x, scale, experts.w1, experts.b1, experts.w2, experts.b2]
     for got, want in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(alone, inputs, g)):
         torch.testing.assert_close(got, want)
+
+
+def test_expert_dropout_keeps_each_unit_with_probability_one_minus_p_and_rescales_it():
+    # With identity weights and positive inputs a unit's output is its input, kept
+    # and divided by $1 - p$, or zero: the fraction kept must be $1 - p$
+    from labml_nn_switch.feed_forward import Experts
+    torch.manual_seed(0)
+    experts = Experts(n_experts=1, d_model=64, d_ff=64, dropout=0.3).train()
+    with torch.no_grad():
+        experts.w1.copy_(torch.eye(64))
+        experts.w2.copy_(torch.eye(64))
+    x = torch.rand(4096, 64) + 0.5
+    out = experts.forward_rows(x, torch.arange(4096), [4096], torch.ones(4096), torch.zeros(4096, dtype=torch.long))
+    kept = out != 0
+    # 262,144 units: the standard deviation of the fraction is 0.0009
+    assert abs(kept.float().mean().item() - 0.7) < 0.005
+    torch.testing.assert_close(out[kept], x[kept] / 0.7)
