@@ -814,8 +814,9 @@ def _slots(rows: torch.Tensor, scale: torch.Tensor, sizes: list[int], groups: li
     Each group takes, for each of its experts, a run of its next rows into a
     run of slots (and pads the run to `m` slots); an expert's rows are
     consecutive in `rows`, from `start[e]` on. Every run moves by a constant,
-    its first slot minus its first row: the maps are one `repeat_interleave`
-    of the runs' shifts each way.
+    its first slot minus its first row: each map is one `repeat_interleave`
+    of the runs' shifts (and, where there is padding, one more of which slots
+    hold a kept row).
     """
     start, done = [0] * len(sizes), [0] * len(sizes)
     for e in range(1, len(sizes)):
