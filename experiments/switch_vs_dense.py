@@ -1,4 +1,4 @@
-"""
+r"""
 Switch Transformer vs its FLOP-matched dense twin on Tiny Shakespeare, and a sweep over
 the number of experts.
 

@@ -539,8 +539,10 @@ class ExpertRows(torch.autograd.Function):
     gradient are new memory at each step.
 
     Written as one autograd `Function` so that backward keeps only what it
-    needs: the input $x$ (the caller's tensor, kept anyway), the slots' map
-    and gates (and, with biases, each slot's expert), and the hidden layer.
+    needs: the input $x$ and the tokens' gates (the caller's tensors, kept
+    anyway; the gates for a backward that is itself differentiated, below),
+    the slots' map and gates (and, with biases, each slot's expert), and the
+    hidden layer.
     For ReLU that is its output, whose sign is the derivative; for other
     activations the pre-activation, from which backward recomputes the rest. The gathered input is gathered again rather
     than kept. So the saved activations are about those of the dense FFN
@@ -620,14 +622,17 @@ class ExpertRows(torch.autograd.Function):
         # The expert of each slot, for the biases' gradients: `[n_slots]`
         # (a padding slot repeats a row of its own expert)
         slot_expert = None if b2 is None else expert.index_select(0, slot_token)
-        ctx.save_for_backward(x, slot_token, slot_scale, source, slot_expert, w1, b1, w2, b2, *hidden, *masks)
+        ctx.save_for_backward(x, scale, slot_token, slot_scale, source, slot_expert, w1, b1, w2, b2, *hidden, *masks)
         ctx.chunks, ctx.n_slots, ctx.activation, ctx.p, ctx.memory = chunks, n_slots, activation, p, memory
         # Each token reads its slot's row of `u` (a gather)
         return torch.index_select(u, 0, source)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, slot_token, slot_scale, source, slot_expert, w1, b1, w2, b2, *rest = ctx.saved_tensors
+        # A backward that is to be differentiated in its turn (`create_graph=True`) takes the slow way
+        if torch.is_grad_enabled():
+            return _differentiable_backward(ctx, grad_out)
+        x, _, slot_token, slot_scale, source, slot_expert, w1, b1, w2, b2, *rest = ctx.saved_tensors
         chunks, n_slots, p = ctx.chunks, ctx.n_slots, ctx.p
         hidden, masks = rest[:len(chunks)], rest[len(chunks):]
         relu = ctx.activation == "relu"
@@ -712,6 +717,49 @@ class ExpertRows(torch.autograd.Function):
                 grad_w2 if need[6] else None, grad_b2 if need[7] else None, None, None, None, None)
 
 
+def _differentiable_backward(ctx, grad_out):
+    r"""
+    ### Higher-order gradients
+
+    `ExpertRows.backward` writes into kept memory (`out=`, in place), which
+    autograd cannot differentiate. When the backward must itself be
+    differentiable (`torch.autograd.grad(..., create_graph=True)`: gradient
+    penalties, Hessian-vector products, meta-learning), we compute the layer
+    once more from what the forward kept, in operators autograd records, and
+    differentiate that: the same slots, groups and products, the same dropout
+    masks (for ReLU, where the kept hidden layer is positive; otherwise the
+    masks kept), so the same function, only slower.
+    """
+    x, scale, slot_token, slot_scale, source, _, w1, b1, w2, b2, *rest = ctx.saved_tensors
+    chunks, p, activation = ctx.chunks, ctx.p, ctx.activation
+    hidden, masks = rest[:len(chunks)], rest[len(chunks):]
+    # The slots' tokens and gates, the gates as a function of `scale` (zero in padding, whose kept gate is zero)
+    xs = x.index_select(0, slot_token)
+    gate = torch.where(slot_scale != 0, scale.index_select(0, slot_token), 0)
+    outputs = []
+    for i, (c0, _, groups) in enumerate(chunks):
+        for e0, e1, m, s0, _ in groups:
+            k, a = e1 - e0, s0 - c0
+            # $W_1^\top x + b_1$, the activation and its dropout, $W_2^\top a + b_2$: `[k, m, .]`
+            h = torch.bmm(xs[s0:s0 + k * m].view(k, m, -1), w1[e0:e1])
+            act = activate(h if b1 is None else h + b1[e0:e1, None], activation)
+            if p > 0:
+                kept = hidden[i][a:a + k * m] > 0 if activation == "relu" else masks[i][a:a + k * m]
+                act = act * kept.view(k, m, -1) / (1 - p)
+            y = torch.bmm(act, w2[e0:e1])
+            outputs.append((y if b2 is None else y + b2[e0:e1, None]).reshape(k * m, -1))
+    # The slots' scaled outputs, a row of zeros for the dropped tokens, each token's row
+    scaled = [torch.cat(outputs) * gate[:, None]] if outputs else []
+    u = torch.cat(scaled + [xs.new_zeros(1, w2.shape[-1])])
+    out = u.index_select(0, source)
+    # The gradients of the inputs that need one, as functions of `grad_out` and the inputs
+    need = ctx.needs_input_grad
+    inputs = {i: t for i, t in zip((0, 2, 4, 5, 6, 7), (x, scale, w1, b1, w2, b2)) if need[i] and t is not None}
+    grads = torch.autograd.grad(out, list(inputs.values()), grad_out, create_graph=True, allow_unused=True)
+    found = dict(zip(inputs, grads))
+    return tuple(found.get(i) for i in range(12))
+
+
 def _expert_groups(sizes: list[int], d_hidden: int,
                    threads: int | None = None) -> tuple[list[tuple[int, int, int, int, bool]], int]:
     """
@@ -776,7 +824,7 @@ def _expert_groups(sizes: list[int], d_hidden: int,
 
 
 def _block_rows(sizes: list[int]) -> int:
-    """
+    r"""
     The rows per expert of a group's `bmm` block that cost the least: one of
     the group's counts $n_e$, the $m$ that minimises the padding
     $\sum_e \max(m - n_e, 0)$ plus `TAIL_ROWS` for each expert with a tail

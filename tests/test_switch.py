@@ -827,6 +827,55 @@ def test_rows_of_experts_with_tails_and_biases_match_each_expert_alone(monkeypat
         torch.testing.assert_close(got, want)
 
 
+
+@pytest.mark.parametrize("activation, dropout", [("relu", 0.0), ("relu", 0.5), ("gelu", 0.0), ("swiglu", 0.5)])
+@pytest.mark.parametrize("tail_rows", [0, 10**9])
+def test_second_derivatives_of_the_blocks_path(monkeypatch, activation, dropout, tail_rows):
+    # A gradient penalty or a Hessian-vector product differentiates the backward
+    # itself (`create_graph=True`). Counts 5, 4, 3 in one group: a block of 3 rows
+    # with tails of 2 and 1 (free tails), or padded to 5 rows (tails never worth
+    # it); one token dropped; biases; dropout with the same masks on every call (by
+    # seeding). The first derivatives must be the fast backward's, and the second
+    # ones finite differences of the first, for the input, the gates and the weights.
+    from labml_nn_switch import feed_forward
+    from labml_nn_switch.feed_forward import ExpertRows, Experts
+    monkeypatch.setattr(feed_forward, "MAX_PADDING", 100.0)
+    monkeypatch.setattr(feed_forward, "TAIL_ROWS", tail_rows)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert [g[:3] for g in feed_forward._expert_groups([5, 4, 3], 8)[0]] == (
+        [(0, 3, 3), (0, 1, 2), (1, 2, 1)] if tail_rows == 0 else [(0, 3, 5)])
+    torch.manual_seed(0)
+    experts = Experts(n_experts=3, d_model=4, d_ff=8, dropout=dropout, activation=activation, bias=True).double()
+    expert = torch.tensor([2, 0, 1, 0, 2, 1, 0, 0, 1, 2, 0, 1, 0])
+    rows = torch.cat([torch.nonzero(expert == e).flatten()[:n] for e, n in enumerate([5, 4, 3])])
+    x = torch.randn(13, 4, dtype=torch.float64, requires_grad=True)
+    scale = (0.5 + 0.5 * torch.rand(13, dtype=torch.float64)).requires_grad_()
+    weights = [getattr(experts, name).detach().clone().normal_().requires_grad_() for name in ("w1", "b1", "w2", "b2")]
+
+    def f(x, scale, w1, b1, w2, b2):
+        torch.manual_seed(3)
+        return ExpertRows.apply(x, rows, scale, expert, w1, b1, w2, b2, [5, 4, 3], activation, dropout, {})
+
+    inputs = [x, scale, *weights]
+    out = f(*inputs)
+    g = torch.randn_like(out)
+    fast = torch.autograd.grad(out, inputs, g, retain_graph=True)
+    differentiable = torch.autograd.grad(out, inputs, g, create_graph=True)
+    assert all(d.requires_grad for d in differentiable)
+    for a, b in zip(fast, differentiable):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradgradcheck(f, inputs, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["blocks", "sync-free"])
+def test_second_derivatives_of_the_whole_layer(path):
+    # The router included (through the gates) and tokens dropped, on either path
+    ff = make_layer(d_model=4, d_ff=6, n_experts=3, capacity_factor=1.0)
+    if path == "sync-free":
+        sync_free(ff)
+    x = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x: ff(x)[0], (x,), eps=1e-6, atol=1e-5)
+
 def test_expert_dropout_keeps_each_unit_with_probability_one_minus_p_and_rescales_it():
     # With identity weights and positive inputs a unit's output is its input, kept
     # and divided by $1 - p$, or zero: the fraction kept must be $1 - p$
