@@ -876,6 +876,29 @@ def test_second_derivatives_of_the_whole_layer(path):
     x = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda x: ff(x)[0], (x,), eps=1e-6, atol=1e-5)
 
+
+@pytest.mark.parametrize("drop_tokens", [True, False])
+def test_torch_func_transforms_give_the_gradients_of_autograd(drop_tokens):
+    # `torch.func.grad` and `jacrev` cannot run the blocks path's autograd `Function`;
+    # inside them the layer takes the sync-free path, with the same gradients
+    ff = make_layer(capacity_factor=1.0, drop_tokens=drop_tokens)
+    x = torch.randn(12, 8, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(12, 8, dtype=torch.float64)
+    params = dict(ff.named_parameters())
+
+    def loss(params, x):
+        out, result = torch.func.functional_call(ff, params, (x,))
+        return (out * g).sum() + result.load_balancing_loss
+
+    want = torch.autograd.grad(loss(params, x), [x, *params.values()])
+    got = torch.func.grad(loss, argnums=(0, 1))(params, x)
+    torch.testing.assert_close(got[1], want[0])
+    torch.testing.assert_close(list(got[0].values()), list(want[1:]))
+    jacobian = torch.func.jacrev(lambda x: ff(x)[0])(x)
+    assert jacobian.shape == (12, 8, 12, 8)
+    torch.testing.assert_close(torch.einsum("td,tdse->se", g, jacobian),
+                               torch.autograd.grad((ff(x)[0] * g).sum(), x)[0])
+
 def test_expert_dropout_keeps_each_unit_with_probability_one_minus_p_and_rescales_it():
     # With identity weights and positive inputs a unit's output is its input, kept
     # and divided by $1 - p$, or zero: the fraction kept must be $1 - p$
