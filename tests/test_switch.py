@@ -827,7 +827,6 @@ def test_rows_of_experts_with_tails_and_biases_match_each_expert_alone(monkeypat
         torch.testing.assert_close(got, want)
 
 
-
 @pytest.mark.parametrize("activation, dropout", [("relu", 0.0), ("relu", 0.5), ("gelu", 0.0), ("swiglu", 0.5)])
 @pytest.mark.parametrize("tail_rows", [0, 10**9])
 def test_second_derivatives_of_the_blocks_path(monkeypatch, activation, dropout, tail_rows):
@@ -898,6 +897,7 @@ def test_torch_func_transforms_give_the_gradients_of_autograd(drop_tokens):
     assert jacobian.shape == (12, 8, 12, 8)
     torch.testing.assert_close(torch.einsum("td,tdse->se", g, jacobian),
                                torch.autograd.grad((ff(x)[0] * g).sum(), x)[0])
+
 
 def test_expert_dropout_keeps_each_unit_with_probability_one_minus_p_and_rescales_it():
     # With identity weights and positive inputs a unit's output is its input, kept
