@@ -554,12 +554,14 @@ class SwitchFeedForward(nn.Module):
         Whether to take the CPU path, `_run_blocks`: on the CPU, outside
         `torch.compile` (it reads the counts on the host, a graph break), outside
         `torch.func`'s transforms (`grad`, `jacrev`, ...: its autograd `Function`
-        has a backward of its own, which they cannot take), and unless a
-        subclass replaces `run_experts` (the
+        has a backward of its own, which they cannot take) and forward-mode
+        differentiation (`torch.autograd.forward_ad.dual_level`: it has no
+        `jvp`), and unless a subclass replaces `run_experts` (the
         [expert-parallel layer](expert_parallel.py) does).
         """
         return (x.device.type == "cpu" and not torch.compiler.is_compiling()
                 and not torch._C._are_functorch_transforms_active()
+                and torch.autograd.forward_ad._current_level < 0
                 and type(self).run_experts is SwitchFeedForward.run_experts)
 
     def _run_blocks(self, x: torch.Tensor, plan: DispatchPlan, capacity: int | None,

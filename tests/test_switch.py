@@ -899,6 +899,25 @@ def test_torch_func_transforms_give_the_gradients_of_autograd(drop_tokens):
                                torch.autograd.grad((ff(x)[0] * g).sum(), x)[0])
 
 
+@pytest.mark.parametrize("drop_tokens", [False, True])
+def test_forward_mode_derivatives_match_reverse_mode(drop_tokens):
+    # Inside `forward_ad.dual_level` the layer takes the sync-free path (the blocks
+    # path's `Function` has no `jvp`): the tangent $J t$ it carries must satisfy
+    # $u \cdot J t = (J^\top u) \cdot t$ with reverse mode's $J^\top u$
+    import torch.autograd.forward_ad as fwAD
+    ff = make_layer(capacity_factor=1.0, drop_tokens=drop_tokens)
+    x, t, u = (torch.randn(12, 8, dtype=torch.float64) for _ in range(3))
+    with fwAD.dual_level():
+        out, _ = ff(fwAD.make_dual(x, t))
+        tangent = fwAD.unpack_dual(out).tangent
+    x.requires_grad_(True)
+    out_reverse, _ = ff(x)
+    torch.testing.assert_close(fwAD.unpack_dual(out).primal, out_reverse.detach())
+    vjp, = torch.autograd.grad((out_reverse * u).sum(), x)
+    torch.testing.assert_close((u * tangent).sum(), (vjp * t).sum())
+    assert tangent.abs().sum() > 0
+
+
 def test_expert_dropout_keeps_each_unit_with_probability_one_minus_p_and_rescales_it():
     # With identity weights and positive inputs a unit's output is its input, kept
     # and divided by $1 - p$, or zero: the fraction kept must be $1 - p$
