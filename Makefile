@@ -42,7 +42,8 @@ site: setup-docs
 # The home page, the model pages and the experiment's must be fully translated (see
 # translations/README.md); the other pages are shown in English until they are.
 TRANSLATED := docs/index.md labml_nn_switch/__init__.py labml_nn_switch/mha.py \
-	labml_nn_switch/feed_forward.py labml_nn_switch/switch.py labml_nn_switch/transformer.py \
+	labml_nn_switch/feed_forward.py labml_nn_switch/switch.py labml_nn_switch/expert_rows.py \
+	labml_nn_switch/transformer.py \
 	labml_nn_switch/experiment.py labml_nn_switch/configs.py labml_nn_switch/trainer.py labml_nn_switch/cli.py
 translations: setup-docs
 	$(PY) -m mkdocs_literate.translate status

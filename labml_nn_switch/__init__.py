@@ -13,7 +13,8 @@ text of this site, and an experiment. Read the modules in this order:
 
 1. [Multi-head attention](mha.py)
 2. [The feed-forward network, the expert](feed_forward.py)
-3. [The Switch layer: routing, capacity, losses, dispatch](switch.py)
+3. [The Switch layer: routing, capacity, losses, dispatch](switch.py), and
+   [its experts on the CPU](expert_rows.py)
 4. [Transformer layers and the dense baseline](transformer.py)
 5. [The Tiny Shakespeare experiment](experiment.py): its [settings](configs.py),
    [training loop](trainer.py), [command line](cli.py), [data](data.py) and

@@ -44,8 +44,8 @@ Four things make it work at scale, and each is a section below:
    host reads the counts for free, the experts multiply exactly their kept
    tokens, neighbouring experts with about as many in one batched product.
 
-The file imports nothing but torch and [`feed_forward.py`](feed_forward.py):
-copy both into your project.
+The file imports nothing but torch, [`feed_forward.py`](feed_forward.py) and
+[`expert_rows.py`](expert_rows.py): copy the three into your project.
 """
 
 import dataclasses
@@ -58,8 +58,10 @@ import torch.nn.functional as F
 from torch import nn
 
 try:
+    from .expert_rows import forward_rows
     from .feed_forward import Experts, check_float, check_int, check_sizes, grouped_mm_supported, truncated_normal_
-except ImportError:  # copied into a project as two plain files, side by side
+except ImportError:  # copied into a project as plain files, side by side
+    from expert_rows import forward_rows
     from feed_forward import Experts, check_float, check_int, check_sizes, grouped_mm_supported, truncated_normal_
 
 
@@ -571,7 +573,7 @@ class SwitchFeedForward(nn.Module):
 
         The counts are already in host memory, so reading them costs nothing.
         Expert $e$ keeps $\min(T f_e, C)$ tokens, the first of its run in the
-        sorted order; [`Experts.forward_rows`](feed_forward.py) runs the
+        sorted order; [`forward_rows`](expert_rows.py) runs the
         experts on exactly their kept tokens (grouping neighbours of about
         equal counts into one batched product), and each token reads its
         $p_{i^*}(x) E_{i^*}(x)$ from there into its row of the output.
@@ -589,7 +591,7 @@ class SwitchFeedForward(nn.Module):
                 start = end + n
             end += n
         rows = torch.cat(pieces + [plan.order[start:]]) if pieces else plan.order
-        return self.experts.forward_rows(x, rows, sizes, scale, plan.token_expert)
+        return forward_rows(self.experts, x, rows, sizes, scale, plan.token_expert)
 
     def _combine(self, y: torch.Tensor, plan: DispatchPlan, scale: torch.Tensor) -> torch.Tensor:
         r"""

@@ -156,8 +156,10 @@ def imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("name, allowed", [
     ("feed_forward.py", {"torch", "math"}),
-    # `feed_forward` bare: the fallback import of a flat copy beside feed_forward.py
-    ("switch.py", {"torch", "dataclasses", "fractions", "functools", ".feed_forward", "feed_forward"}),
+    # The names bare: the fallback import of flat copies side by side
+    ("expert_rows.py", {"torch", "math", ".feed_forward", "feed_forward"}),
+    ("switch.py", {"torch", "dataclasses", "fractions", "functools", ".feed_forward", "feed_forward",
+                   ".expert_rows", "expert_rows"}),
     ("mha.py", {"torch"}),
     ("transformer.py", {"torch", "collections", "functools", ".feed_forward", ".mha", ".switch"}),
 ])

@@ -25,7 +25,7 @@ ZH = ROOT / "translations" / "zh"
 # The pages that must be fully translated: the home page, the model pages and the
 # experiment's (model and step, settings, training loop, command line).
 TRANSLATED = ["docs/index.md", "labml_nn_switch/__init__.py", "labml_nn_switch/mha.py",
-              "labml_nn_switch/feed_forward.py", "labml_nn_switch/switch.py",
+              "labml_nn_switch/feed_forward.py", "labml_nn_switch/switch.py", "labml_nn_switch/expert_rows.py",
               "labml_nn_switch/transformer.py", "labml_nn_switch/experiment.py",
               "labml_nn_switch/configs.py", "labml_nn_switch/trainer.py", "labml_nn_switch/cli.py"]
 

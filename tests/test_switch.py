@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labml_nn_switch import SwitchConfig, SwitchFeedForward, load_balancing_loss, plan_dispatch, router_z_loss
-from labml_nn_switch.feed_forward import activate
+from labml_nn_switch import (SwitchConfig, SwitchFeedForward, expert_rows, load_balancing_loss, plan_dispatch,
+                             router_z_loss)
+from labml_nn_switch.feed_forward import ACTIVATIONS, Experts, activate
 from labml_nn_switch.switch import EXPERT_MAJOR_BELOW, softmax_over_experts
 
 
@@ -543,7 +544,7 @@ def test_blocks_path_saves_about_what_the_dense_ffn_saves():
     _, result = ff(x)
     # The hidden layer is kept for the kept tokens' slots only: the kept rows and a
     # little padding, a fraction of the dense one's
-    from labml_nn_switch.feed_forward import MAX_PADDING, _expert_groups
+    from labml_nn_switch.expert_rows import MAX_PADDING, _expert_groups
     sizes = result.counts.clamp(max=result.capacity).tolist()
     groups, n_slots = _expert_groups(sizes, 256)
     assert sum(sizes) <= n_slots <= (1 + MAX_PADDING) * sum(sizes) and sum(sizes) < 256
@@ -573,13 +574,13 @@ def test_expert_dropout_gradients_on_the_blocks_path(activation):
 
 
 def test_flat_copy_runs_with_only_torch(tmp_path):
-    # The README: "copy switch.py and feed_forward.py into your project"
+    # The README: "copy switch.py, feed_forward.py and expert_rows.py into your project"
     import shutil
     import subprocess
     import sys
     from pathlib import Path
     package = Path(__file__).resolve().parents[1] / "labml_nn_switch"
-    for name in ("switch.py", "feed_forward.py"):
+    for name in ("switch.py", "feed_forward.py", "expert_rows.py"):
         shutil.copy(package / name, tmp_path / name)
     code = f"""
 import importlib.abc, sys
@@ -611,10 +612,9 @@ def test_blocks_path_in_small_chunks_matches_reference(monkeypatch, chunk, tail_
     # Experts grouped under the chunk size, one expert per block, and one expert's
     # rows cut into several blocks (its weight gradient summed over them); with
     # free tails, a group's tails in the chunk after its block, or in the next
-    from labml_nn_switch import feed_forward
-    monkeypatch.setattr(feed_forward, "CHUNK_ELEMENTS", chunk)
-    monkeypatch.setattr(feed_forward, "PACK_ELEMENTS", chunk)
-    monkeypatch.setattr(feed_forward, "TAIL_ROWS", tail_rows)
+    monkeypatch.setattr(expert_rows, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(expert_rows, "PACK_ELEMENTS", chunk)
+    monkeypatch.setattr(expert_rows, "TAIL_ROWS", tail_rows)
     for options in (dict(n_experts=3), dict(n_experts=1, drop_tokens=False), dict(n_experts=4, activation="gelu")):
         ff = make_layer(**options)
         assert_matches_reference(ff, torch.randn(15, 2, 8, dtype=torch.float64), atol=1e-10)
@@ -629,16 +629,15 @@ def test_blocks_path_with_and_without_padded_groups_matches_reference(monkeypatc
     # experts on 2 threads), whose block pads some experts and leaves tails of
     # others (free tails: no padding at all; tails at no price: none), which
     # must add nothing and miss nothing
-    from labml_nn_switch import feed_forward
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    monkeypatch.setattr(feed_forward, "MAX_PADDING", max_padding)
-    monkeypatch.setattr(feed_forward, "TAIL_ROWS", tail_rows)
+    monkeypatch.setattr(expert_rows, "MAX_PADDING", max_padding)
+    monkeypatch.setattr(expert_rows, "TAIL_ROWS", tail_rows)
     for options in CASES:
         ff = make_layer(**options)
         x = torch.randn(15, 2, 8, dtype=torch.float64)
         assert_matches_reference(ff, x, atol=1e-10)
     sizes = [5, 1, 0, 7, 7]
-    groups, n_slots = feed_forward._expert_groups(sizes, 16, threads=1)
+    groups, n_slots = expert_rows._expert_groups(sizes, 16, threads=1)
     assert sorted({e for e0, e1, *_ in groups for e in range(e0, e1)}) == [0, 1, 3, 4]
     # Experts 0 and 1 in one group: padded to 5 rows, or a block of 1 and a tail of 4
     assert n_slots == (sum(sizes) if max_padding == 0 or tail_rows < 4 else 10 + 14)
@@ -647,30 +646,28 @@ def test_blocks_path_with_and_without_padded_groups_matches_reference(monkeypatc
 def test_group_blocks_leave_tails_where_they_cost_less_than_padding(monkeypatch):
     # 100 and 40 rows: a block of 40 each and a tail of 60 (costing 60 + 32 rows)
     # beats padding the second expert by 60; 100 and 90 pad by 10 instead
-    from labml_nn_switch import feed_forward
-    monkeypatch.setattr(feed_forward, "MAX_PADDING", 100.0)
-    monkeypatch.setattr(feed_forward, "TAIL_ROWS", 32)
-    assert feed_forward._expert_groups([100, 40], 16, threads=1) == (
+    monkeypatch.setattr(expert_rows, "MAX_PADDING", 100.0)
+    monkeypatch.setattr(expert_rows, "TAIL_ROWS", 32)
+    assert expert_rows._expert_groups([100, 40], 16, threads=1) == (
         [(0, 2, 40, 0, True), (0, 1, 60, 80, False)], 140)
-    assert feed_forward._expert_groups([100, 90], 16, threads=1) == ([(0, 2, 100, 0, True)], 200)
+    assert expert_rows._expert_groups([100, 90], 16, threads=1) == ([(0, 2, 100, 0, True)], 200)
     # The experiment's counts: a block of 496, padding 5 rows of the second expert, tails of 52 and 17
-    assert feed_forward._expert_groups([548, 491, 496, 513], 256, threads=2) == (
+    assert expert_rows._expert_groups([548, 491, 496, 513], 256, threads=2) == (
         [(0, 4, 496, 0, True), (0, 1, 52, 1984, False), (3, 4, 17, 2036, False)], 2053)
-    assert feed_forward._block_rows([548, 491, 496, 513]) == 496
+    assert expert_rows._block_rows([548, 491, 496, 513]) == 496
 
 
 def test_groups_padding_is_bounded_by_the_rows(monkeypatch):
-    from labml_nn_switch import feed_forward
-    monkeypatch.setattr(feed_forward, "MAX_PADDING", 1 / 8)
+    monkeypatch.setattr(expert_rows, "MAX_PADDING", 1 / 8)
     # An eighth of the rows: 8 and 7 share a `bmm` (1 padding row of 15), 8 and 5 do
     # not (3 of 13); 8, 8 and 6 do (2 of 22), 8, 8 and 5 do not (3 of 21)
-    assert feed_forward._expert_groups([8, 7], 16, threads=1) == ([(0, 2, 8, 0, True)], 16)
-    assert feed_forward._expert_groups([8, 5], 16, threads=1) == ([(0, 1, 8, 0, True), (1, 2, 5, 8, True)], 13)
-    assert feed_forward._expert_groups([8, 8, 6], 16, threads=1) == ([(0, 3, 8, 0, True)], 24)
-    assert feed_forward._expert_groups([8, 8, 5], 16, threads=1)[1] == 21
+    assert expert_rows._expert_groups([8, 7], 16, threads=1) == ([(0, 2, 8, 0, True)], 16)
+    assert expert_rows._expert_groups([8, 5], 16, threads=1) == ([(0, 1, 8, 0, True), (1, 2, 5, 8, True)], 13)
+    assert expert_rows._expert_groups([8, 8, 6], 16, threads=1) == ([(0, 3, 8, 0, True)], 24)
+    assert expert_rows._expert_groups([8, 8, 5], 16, threads=1)[1] == 21
     # The bound holds at any size of the experts: 64 experts of 4,096 tokens at d_ff 2048
     sizes = torch.randint(48, 80, (64,), generator=torch.Generator().manual_seed(0)).tolist()
-    groups, n_slots = feed_forward._expert_groups(sizes, 2048, threads=2)
+    groups, n_slots = expert_rows._expert_groups(sizes, 2048, threads=2)
     assert sum(sizes) < n_slots <= (1 + 1 / 8) * sum(sizes)
     for e0, e1, m, *_ in groups:
         assert (e1 - e0) * m - sum(sizes[e0:e1]) <= sum(sizes[e0:e1]) / 8
@@ -680,30 +677,28 @@ def test_groups_of_several_experts_are_whole_rounds_of_the_threads(monkeypatch):
     # `bmm` runs the experts of a batch one per thread: 3 experts on 2 threads take
     # two rounds, as 4 do. A group keeps a multiple of the threads, the remainder
     # starts the next group; fewer experts than threads run one by one.
-    from labml_nn_switch import feed_forward
-    monkeypatch.setattr(feed_forward, "MAX_PADDING", 1.0)
+    monkeypatch.setattr(expert_rows, "MAX_PADDING", 1.0)
     sizes = [8, 8, 6, 8, 7]
-    assert feed_forward._expert_groups(sizes, 16, threads=1) == ([(0, 5, 8, 0, True)], 40)
-    assert feed_forward._expert_groups(sizes, 16, threads=2) == (
+    assert expert_rows._expert_groups(sizes, 16, threads=1) == ([(0, 5, 8, 0, True)], 40)
+    assert expert_rows._expert_groups(sizes, 16, threads=2) == (
         [(0, 4, 8, 0, True), (4, 5, 7, 32, True)], 39)
-    assert feed_forward._expert_groups(sizes[:3], 16, threads=2) == (
+    assert expert_rows._expert_groups(sizes[:3], 16, threads=2) == (
         [(0, 2, 8, 0, True), (2, 3, 6, 16, True)], 22)
     # The expert given back no longer pads the group
-    assert feed_forward._expert_groups([6, 6, 8], 16, threads=2) == (
+    assert expert_rows._expert_groups([6, 6, 8], 16, threads=2) == (
         [(0, 2, 6, 0, True), (2, 3, 8, 12, True)], 20)
-    groups, n_slots = feed_forward._expert_groups(sizes, 16, threads=8)
+    groups, n_slots = expert_rows._expert_groups(sizes, 16, threads=8)
     assert [g[:3] for g in groups] == [(e, e + 1, n) for e, n in enumerate(sizes)] and n_slots == sum(sizes)
     # The default is torch's own number of threads
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert feed_forward._expert_groups(sizes, 16) == feed_forward._expert_groups(sizes, 16, threads=2)
+    assert expert_rows._expert_groups(sizes, 16) == expert_rows._expert_groups(sizes, 16, threads=2)
 
 
 def test_groups_are_packed_into_chunks_in_order(monkeypatch):
-    from labml_nn_switch import feed_forward
-    monkeypatch.setattr(feed_forward, "PACK_ELEMENTS", 25 * 4)
+    monkeypatch.setattr(expert_rows, "PACK_ELEMENTS", 25 * 4)
     groups = [(0, 2, 8, 0, True), (2, 3, 5, 16, True), (3, 4, 9, 21, True), (4, 5, 30, 30, True)]
     # A group larger than the packing limit is a chunk of its own
-    assert feed_forward._chunks(groups, 4) == [(0, 21, groups[:2]), (21, 30, groups[2:3]), (30, 60, groups[3:])]
+    assert expert_rows._chunks(groups, 4) == [(0, 21, groups[:2]), (21, 30, groups[2:3]), (30, 60, groups[3:])]
 
 
 def test_weight_gradient_memory_is_reused_only_when_nobody_holds_it():
@@ -799,12 +794,10 @@ def test_rows_of_experts_with_tails_and_biases_match_each_expert_alone(monkeypat
     # Counts 5, 4, 3 in one group with free tails: a block of 3 rows each, then
     # the tails of experts 0 and 1, so the chunk's last group is not its last
     # expert; every output and gradient (biases included) must be each expert's own
-    from labml_nn_switch import feed_forward
-    from labml_nn_switch.feed_forward import Experts
-    monkeypatch.setattr(feed_forward, "MAX_PADDING", 100.0)
-    monkeypatch.setattr(feed_forward, "TAIL_ROWS", 0)
+    monkeypatch.setattr(expert_rows, "MAX_PADDING", 100.0)
+    monkeypatch.setattr(expert_rows, "TAIL_ROWS", 0)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert [g[:3] for g in feed_forward._expert_groups([5, 4, 3], 8)[0]] == [(0, 3, 3), (0, 1, 2), (1, 2, 1)]
+    assert [g[:3] for g in expert_rows._expert_groups([5, 4, 3], 8)[0]] == [(0, 3, 3), (0, 1, 2), (1, 2, 1)]
     torch.manual_seed(0)
     experts = Experts(n_experts=3, d_model=4, d_ff=8, dropout=0.0, activation=activation, bias=True).double()
     with torch.no_grad():
@@ -815,8 +808,8 @@ def test_rows_of_experts_with_tails_and_biases_match_each_expert_alone(monkeypat
     rows = torch.cat([torch.nonzero(expert == e).flatten()[:n] for e, n in enumerate([5, 4, 3])])
     x = torch.randn(13, 4, dtype=torch.float64, requires_grad=True)
     scale = torch.rand(13, dtype=torch.float64, requires_grad=True)
-    out = experts.forward_rows(x, rows, [5, 4, 3], scale, expert)
-    act = feed_forward.ACTIVATIONS[activation]
+    out = expert_rows.forward_rows(experts, x, rows, [5, 4, 3], scale, expert)
+    act = ACTIVATIONS[activation]
     w1, b1, w2, b2 = experts.w1[expert], experts.b1[expert], experts.w2[expert], experts.b2[expert]
     alone = scale[:, None] * (torch.einsum("th,thd->td", act(torch.einsum("td,tdh->th", x, w1) + b1), w2) + b2)
     alone = torch.where((torch.arange(13) < 12)[:, None], alone, 0.0)
@@ -836,12 +829,10 @@ def test_second_derivatives_of_the_blocks_path(monkeypatch, activation, dropout,
     # it); one token dropped; biases; dropout with the same masks on every call (by
     # seeding). The first derivatives must be the fast backward's, and the second
     # ones finite differences of the first, for the input, the gates and the weights.
-    from labml_nn_switch import feed_forward
-    from labml_nn_switch.feed_forward import ExpertRows, Experts
-    monkeypatch.setattr(feed_forward, "MAX_PADDING", 100.0)
-    monkeypatch.setattr(feed_forward, "TAIL_ROWS", tail_rows)
+    monkeypatch.setattr(expert_rows, "MAX_PADDING", 100.0)
+    monkeypatch.setattr(expert_rows, "TAIL_ROWS", tail_rows)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert [g[:3] for g in feed_forward._expert_groups([5, 4, 3], 8)[0]] == (
+    assert [g[:3] for g in expert_rows._expert_groups([5, 4, 3], 8)[0]] == (
         [(0, 3, 3), (0, 1, 2), (1, 2, 1)] if tail_rows == 0 else [(0, 3, 5)])
     torch.manual_seed(0)
     experts = Experts(n_experts=3, d_model=4, d_ff=8, dropout=dropout, activation=activation, bias=True).double()
@@ -853,7 +844,7 @@ def test_second_derivatives_of_the_blocks_path(monkeypatch, activation, dropout,
 
     def f(x, scale, w1, b1, w2, b2):
         torch.manual_seed(3)
-        return ExpertRows.apply(x, rows, scale, expert, w1, b1, w2, b2, [5, 4, 3], activation, dropout, {})
+        return expert_rows.ExpertRows.apply(x, rows, scale, expert, w1, b1, w2, b2, [5, 4, 3], activation, dropout, {})
 
     inputs = [x, scale, *weights]
     out = f(*inputs)
@@ -921,14 +912,14 @@ def test_forward_mode_derivatives_match_reverse_mode(drop_tokens):
 def test_expert_dropout_keeps_each_unit_with_probability_one_minus_p_and_rescales_it():
     # With identity weights and positive inputs a unit's output is its input, kept
     # and divided by $1 - p$, or zero: the fraction kept must be $1 - p$
-    from labml_nn_switch.feed_forward import Experts
     torch.manual_seed(0)
     experts = Experts(n_experts=1, d_model=64, d_ff=64, dropout=0.3).train()
     with torch.no_grad():
         experts.w1.copy_(torch.eye(64))
         experts.w2.copy_(torch.eye(64))
     x = torch.rand(4096, 64) + 0.5
-    out = experts.forward_rows(x, torch.arange(4096), [4096], torch.ones(4096), torch.zeros(4096, dtype=torch.long))
+    out = expert_rows.forward_rows(experts, x, torch.arange(4096), [4096], torch.ones(4096),
+                                   torch.zeros(4096, dtype=torch.long))
     kept = out != 0
     # 262,144 units: the standard deviation of the fraction is 0.0009
     assert abs(kept.float().mean().item() - 0.7) < 0.005
