@@ -262,8 +262,8 @@ class Experts(nn.Module):
     * `forward_padded`: tokens in per-expert buffers `[n_experts, capacity, d_model]`
       (the layout of Mesh-TensorFlow and GShard); `torch.bmm` multiplies them,
       empty slots included. Works for every dtype and size.
-    * `forward_rows`, in a file of its own ([expert_rows.py](expert_rows.py)):
-      the CPU path. The host already knows how many rows each
+    * `forward_rows(experts, ...)`, a function of its own file
+      ([expert_rows.py](expert_rows.py)): the CPU path. The host already knows how many rows each
       expert has, so the experts multiply exactly their kept rows (no dropped
       token, and padding only where grouping experts into one `bmm` pays), the
       combine is folded in, and backward keeps only the hidden layer.
