@@ -150,9 +150,11 @@ def compute_loss(model: nn.Module, data: torch.Tensor, target: torch.Tensor, *,
     r"""
     ### The loss
 
-    $$\mathcal{L} = \mathcal{L}_{CE}
-      + \alpha \sum_{l=1}^{L} N \sum_{i=1}^{N} f_{l,i} P_{l,i}
-      + \beta \sum_{l=1}^{L} \frac{1}{T} \sum_{x} \Big(\log \sum_j e^{h_j(x)}\Big)^2$$
+    $$\begin{aligned}
+    \mathcal{L} = \mathcal{L}_{CE}
+      &+ \alpha \sum_{l=1}^{L} N \sum_{i=1}^{N} f_{l,i} P_{l,i} \\
+      &+ \beta \sum_{l=1}^{L} \frac{1}{T} \sum_{x} \Big(\log \sum_j e^{h_j(x)}\Big)^2
+    \end{aligned}$$
 
     the cross-entropy of the next character, plus $\alpha$ times the load-balancing
     loss of every Switch layer $l$ ($f_{l,i}$ is the fraction of tokens routed to

@@ -15,7 +15,10 @@ until the router has run, so the GPU paths use shapes fixed in advance
 device to stall: the counts are already in memory, and we use them to
 choose the shapes of the work. For the $k$-th kept row $r_k$, of expert $e$,
 
-$$y_{r_k} = s_k \Big( W_2^{(e)\top} \mathrm{Dropout}\big(\mathrm{act}(W_1^{(e)\top} x_{r_k} + b_1^{(e)})\big) + b_2^{(e)} \Big)$$
+$$\begin{aligned}
+a_k &= \mathrm{Dropout}\big(\mathrm{act}(W_1^{(e)\top} x_{r_k} + b_1^{(e)})\big), \\
+y_{r_k} &= s_k \big( W_2^{(e)\top} a_k + b_2^{(e)} \big).
+\end{aligned}$$
 
 [`SwitchFeedForward`](switch.py) calls `forward_rows` on the CPU; the
 experts' weights are those of [`Experts`](feed_forward.py), whose other two

@@ -133,8 +133,10 @@ def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:
 
     The norm of the whole model,
 
-    $$\lVert g \rVert^2 = \sum_{\text{replicated}} \lVert g_\theta \rVert^2
-    + \sum_{j} \sum_{\text{experts of group rank } j} \lVert g_\theta \rVert^2,$$
+    $$\begin{aligned}
+    \lVert g \rVert^2 = &\sum_{\text{replicated}} \lVert g_\theta \rVert^2 \\
+    + &\sum_{j} \sum_{\text{experts of group rank } j} \lVert g_\theta \rVert^2,
+    \end{aligned}$$
 
     counts the replicated gradients (equal on all ranks after the
     synchronisation) once and each expert once: the experts' share is summed

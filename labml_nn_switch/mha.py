@@ -20,8 +20,10 @@ dimension and pushing the softmax into regions of tiny gradient.
 *Multi-head* attention does this $h$ times in parallel on $d_k = d_{model} / h$
 features each, with learned projections, and concatenates the results:
 
-$$\mathrm{MultiHead}(Q, K, V) = W^O \big[\mathrm{head}_1; \dots; \mathrm{head}_h\big],
-\qquad \mathrm{head}_i = \mathrm{Attention}(W^Q_i Q, W^K_i K, W^V_i V)$$
+$$\begin{gathered}
+\mathrm{MultiHead}(Q, K, V) = W^O \big[\mathrm{head}_1; \dots; \mathrm{head}_h\big], \\
+\mathrm{head}_i = \mathrm{Attention}(W^Q_i Q, W^K_i K, W^V_i V)
+\end{gathered}$$
 
 Tensors are `[seq_len, batch_size, d_model]`, as in labml_nn. The arithmetic
 above is done by `torch.nn.functional.scaled_dot_product_attention`, which

@@ -429,8 +429,10 @@ def load_balancing_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tens
     With $f_i$ the fraction of the $T$ tokens dispatched to expert $i$ and $P_i$ the
     fraction of router probability it receives,
 
-    $$f_i = \frac{1}{T} \sum_{x} \mathbb{1}\{\arg\max_j p_j(x) = i\}, \qquad
-    P_i = \frac{1}{T} \sum_{x} p_i(x),$$
+    $$\begin{aligned}
+    f_i &= \frac{1}{T} \sum_{x} \mathbb{1}\{\arg\max_j p_j(x) = i\}, \\
+    P_i &= \frac{1}{T} \sum_{x} p_i(x),
+    \end{aligned}$$
 
     the loss (equation 4 of the paper, before its coefficient $\alpha$) is
 

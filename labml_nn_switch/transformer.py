@@ -12,8 +12,10 @@ A transformer layer with the [Switch layer](switch.py) in place of its
 [FFN](feed_forward.py), stacked. The layer is *pre-norm*: each sub-layer reads a
 normalised copy of the stream and adds its result back,
 
-$$x \leftarrow x + \mathrm{Dropout}\big(\mathrm{Attention}(\mathrm{LN}(x))\big), \qquad
-x \leftarrow x + \mathrm{Dropout}\big(\mathrm{FFN}(\mathrm{LN}(x))\big),$$
+$$\begin{aligned}
+x &\leftarrow x + \mathrm{Dropout}\big(\mathrm{Attention}(\mathrm{LN}(x))\big), \\
+x &\leftarrow x + \mathrm{Dropout}\big(\mathrm{FFN}(\mathrm{LN}(x))\big),
+\end{aligned}$$
 
 so the residual stream itself is never normalised, and a token dropped by a
 Switch layer (whose FFN output is zero) passes on unchanged.
@@ -24,8 +26,10 @@ The paper's central claim is about equal computation. A top-1 Switch layer
 runs *one* expert per token, so its cost per token is that of one FFN with the
 same $d_{ff}$, plus the router:
 
-$$\underbrace{2 \cdot 2\, d_{model} d_{ff}}_{\text{FFN, multiply-adds} \times 2}
-\;+\; \underbrace{2\, d_{model} N}_{\text{router}} \quad \text{FLOPs per token,}$$
+$$\begin{aligned}
+&\underbrace{2 \cdot 2\, d_{model} d_{ff}}_{\text{FFN, multiply-adds} \times 2} \\
++\; &\underbrace{2\, d_{model} N}_{\text{router}} \quad \text{FLOPs per token,}
+\end{aligned}$$
 
 the router being well under 1% for $N \ll d_{ff}$. The dense baseline is
 therefore the same transformer with a plain [`FeedForward`](feed_forward.py)

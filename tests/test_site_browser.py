@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 DESKTOP = {"width": 1400, "height": 900}
 PHONE = {"width": 390, "height": 844}
 MODEL_PAGES = ["", "labml_nn_switch/", "labml_nn_switch/mha/", "labml_nn_switch/feed_forward/",
-               "labml_nn_switch/switch/", "labml_nn_switch/transformer/", "labml_nn_switch/experiment/"]
+               "labml_nn_switch/switch/", "labml_nn_switch/expert_rows/", "labml_nn_switch/transformer/",
+               "labml_nn_switch/experiment/", "labml_nn_switch/gradient_sync/"]
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +171,10 @@ BLANK_FORMULAS = """() => [...document.querySelectorAll('.arithmatex .katex-html
   .filter(e => e.getBoundingClientRect().width === 0).length
   + document.querySelectorAll('.katex-error').length"""
 
+# Display formulas wider than the notes column (they would scroll sideways).
+OVERFLOWING_FORMULAS = """() => [...document.querySelectorAll('.katex-display')]
+  .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent.slice(0, 60))"""
+
 
 @pytest.mark.parametrize("path", MODEL_PAGES)
 def test_katex_typesets_every_formula(watched, path):
@@ -184,6 +189,7 @@ def test_katex_typesets_every_formula(watched, path):
     for raw in ("$$", "\\(", "\\)", "\\[", "\\]"):
         assert raw not in prose, (path, raw, prose[max(0, prose.find(raw) - 80):prose.find(raw) + 80])
     assert w.page.evaluate(BLANK_FORMULAS) == 0
+    assert w.page.evaluate(OVERFLOWING_FORMULAS) == []
     w.screenshot("math-" + (path.strip("/").replace("/", "-") or "home"))
     w.assert_clean()
 
