@@ -514,6 +514,8 @@ class SwitchFeedForward(nn.Module):
         if x.dim() not in (2, 3):
             raise ValueError(f"x must be [seq_len, batch_size, d_model] or [n_tokens, d_model], "
                              f"got a tensor of rank {x.dim()} and shape {list(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor (float32, bfloat16, ...), got dtype {x.dtype}")
         d_model = self.config.d_model
         if x.shape[-1] != d_model:
             raise ValueError(f"x has {x.shape[-1]} features in its last dimension but d_model={d_model}")

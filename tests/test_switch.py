@@ -372,6 +372,9 @@ def test_bad_input_names_what_is_wrong():
         ff(torch.randn(4, 2, 1, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match="rank 1"):
         ff(torch.randn(8, dtype=torch.float64))
+    # Token ids instead of their embeddings: the dtype is named, nothing is computed in integers
+    with pytest.raises(TypeError, match="torch.int64"):
+        ff(torch.randint(0, 5, (4, 2, 8)))
 
 
 @settings(max_examples=40, deadline=None)
