@@ -233,6 +233,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x` has shape `[..., d_model]`; so has the result."""
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"x has {x.shape[-1]} features in its last dimension but d_model={self.d_model}")
         # $\mathrm{act}(W_1 x + b_1)$, shape `[..., d_ff]`
         h = activate(self.layer1(x), self.activation)
         # Dropout on the hidden layer

@@ -96,8 +96,11 @@ class MultiHeadAttention(nn.Module):
 
         Returns `[seq_len_q, batch_size, d_model]`.
         """
-        if query.dim() != 3:
-            raise ValueError(f"query must be [seq_len, batch_size, d_model], got shape {list(query.shape)}")
+        d_model = self.n_heads * self.d_k
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if t.dim() != 3 or t.shape[-1] != d_model:
+                raise ValueError(f"{name} must be [seq_len, batch_size, d_model] with d_model={d_model}, "
+                                 f"got shape {list(t.shape)}")
         if mask is not None and is_causal:
             raise ValueError("give either mask or is_causal=True, not both")
         seq_len, batch_size, _ = query.shape

@@ -143,6 +143,17 @@ def test_builder_rejects_bad_arguments():
         SwitchTransformer([])
 
 
+def test_modules_name_the_input_that_does_not_fit():
+    attention = MultiHeadAttention(d_model=8, n_heads=2)
+    x = torch.randn(3, 2, 8)
+    with pytest.raises(ValueError, match=r"key must be .* d_model=8, got shape \[3, 2, 6\]"):
+        attention(query=x, key=torch.randn(3, 2, 6), value=x)
+    with pytest.raises(ValueError, match=r"query must be .* got shape \[3, 8\]"):
+        attention(query=torch.randn(3, 8), key=x, value=x)
+    with pytest.raises(ValueError, match="7 features .* d_model=8"):
+        FeedForward(d_model=8, d_ff=16)(torch.randn(3, 2, 7))
+
+
 def imported_modules(path: Path) -> set[str]:
     """Top-level names of every module a file imports (relative imports as '.name')."""
     names = set()
