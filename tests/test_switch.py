@@ -547,10 +547,9 @@ def test_blocks_path_saves_about_what_the_dense_ffn_saves():
     _, result = ff(x)
     # The hidden layer is kept for the kept tokens' slots only: the kept rows and a
     # little padding, a fraction of the dense one's
-    from labml_nn_switch.expert_rows import MAX_PADDING, _expert_groups
     sizes = result.counts.clamp(max=result.capacity).tolist()
-    groups, n_slots = _expert_groups(sizes, 256)
-    assert sum(sizes) <= n_slots <= (1 + MAX_PADDING) * sum(sizes) and sum(sizes) < 256
+    groups, n_slots = expert_rows._expert_groups(sizes, 256)
+    assert sum(sizes) <= n_slots <= (1 + expert_rows.MAX_PADDING) * sum(sizes) and sum(sizes) < 256
     # ... plus the router's few `[n_tokens, n_experts]` tensors and the slots' `[n_tokens]` maps
     assert saved_bytes(ff, x) <= (n_slots / 256 + 0.07) * saved_bytes(dense, x)
 
