@@ -17,15 +17,24 @@ twin's, forward and backward, on the very inputs the two models give them after 
 the routing is the model's own (uneven, tokens dropped at capacity factor 1.2) and the experts have
 biases, as the preset has; `bench_layer.py` times random, nearly balanced inputs without biases.
 
+With `--processes N`, the whole measurement runs in N fresh processes, one after the other, and
+the table gives each process's median ratio and the median over them. A process keeps its own
+luck for as long as it lives: where its tensors land in memory, which threads share a core. On a
+shared 2-core machine the median of one process moved between 0.81 and 0.86 from one process
+to the next, with the same code, more than the paired ratios within one process can show.
+
     python experiments/bench_train.py                  # writes experiments/results/bench_train.{json,md}
     python experiments/bench_train.py --layers         # and the layers alone, bench_train_layers.{json,md}
     python experiments/bench_train.py --experts 1 2    # and the Switch model with 1 and 2 experts beside them
+    python experiments/bench_train.py --processes 6    # six fresh processes, their medians side by side
 """
 
 import argparse
 import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,7 +109,15 @@ def main() -> None:
     parser.add_argument("--layers", action="store_true", help="also time each layer's FFN alone, on the model's inputs")
     parser.add_argument("--experts", type=int, nargs="*", default=[],
                         help="also time the Switch model with these numbers of experts (1: routing's cost alone)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="run the whole measurement in this many fresh processes, one after the other")
     args = parser.parse_args()
+    if args.processes < 1:
+        parser.error(f"--processes must be >= 1, got {args.processes}")
+    if args.processes > 1:
+        if args.layers:
+            parser.error("--layers times one process's layers; run it without --processes")
+        return across_processes(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -173,6 +190,43 @@ def main() -> None:
             print(f"  layer {r['layer']}: switch {r['switch_ms']:.2f} ms, dense {r['dense_ms']:.2f} ms, "
                   f"ratio {r['ratio']:.2f} ({r['min']:.2f}–{r['max']:.2f}), counts {r['tokens_per_expert']}")
         print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def across_processes(args) -> None:
+    """`--processes`: this script once per process, in turn, and their medians side by side."""
+    child = [sys.executable, __file__, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+             "--device", args.device] + (["--threads", str(args.threads)] if args.threads else []) \
+        + (["--experts", *map(str, args.experts)] if args.experts else [])
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.processes):
+            out = Path(tmp) / f"process{i}.json"
+            subprocess.run(child + ["--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+            runs.append(json.loads(out.read_text()))
+            print(f"process {i + 1}: switch / dense tokens/s {runs[-1]['switch_over_dense_tokens_per_s']:.3f}")
+    kinds = list(runs[0]["results"])
+    per_process = {kind: [r["results"][kind]["of_dense"] for r in runs] for kind in kinds}
+    ratios = sorted(per_process["switch"])
+    ratio = statistics.median(ratios)
+    print(f"  switch / dense tokens/s over {args.processes} processes: median {ratio:.3f} "
+          f"({ratios[0]:.2f}–{ratios[-1]:.2f})")
+    meta = {**runs[0]["meta"], "processes": args.processes,
+            "command": "python experiments/bench_train.py " + " ".join(sys.argv[1:])}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "processes": runs, "switch_over_dense_tokens_per_s": ratio,
+                                    "min": ratios[0], "max": ratios[-1]}, indent=2) + "\n")
+    table = (f"One training step of the `labml` preset, in {args.processes} fresh processes one after the other, "
+             f"each the median of {args.repeats} interleaved steps; {meta['device']} ({meta['threads']} threads), "
+             f"torch {meta['torch']}. Command: `{meta['command'].strip()}`.\n\n"
+             "| model | ms per step, each process | tokens/s / dense's, each process | median over processes |\n"
+             "|---|---|---|---|\n"
+             + "".join(f"| {kind} | {', '.join(format(r['results'][kind]['ms'], '.1f') for r in runs)} | "
+                       f"{', '.join(format(v, '.2f') for v in per_process[kind])} | "
+                       f"{statistics.median(per_process[kind]):.2f} |\n" for kind in kinds)
+             + f"\nSwitch / dense tokens/s, median over the processes of each one's median of paired ratios: "
+               f"**{ratio:.2f}** (min {ratios[0]:.2f}, max {ratios[-1]:.2f})\n")
+    args.out.with_suffix(".md").write_text(table)
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

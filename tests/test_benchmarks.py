@@ -95,6 +95,24 @@ def test_bench_train_writes_the_ratio(tmp_path):
     assert "| 5 |" in (tmp_path / "train_layers.md").read_text()
 
 
+def test_bench_train_across_processes_gives_each_median(tmp_path):
+    out = tmp_path / "train.json"
+    run("bench_train.py", "--repeats", "2", "--warmup", "0", "--processes", "2", "--experts", "1", "--out", str(out))
+    result = json.loads(out.read_text())
+    # Two processes, each with its own paired ratios; the headline is the median of their medians
+    runs = result["processes"]
+    assert len(runs) == 2 and result["meta"]["processes"] == 2
+    ratios = sorted(r["results"]["switch"]["of_dense"] for r in runs)
+    assert result["switch_over_dense_tokens_per_s"] == pytest.approx(sum(ratios) / 2)
+    assert (result["min"], result["max"]) == (ratios[0], ratios[1])
+    assert all(set(r["results"]) == {"switch", "dense", "switch-1"} for r in runs)
+    table = out.with_suffix(".md").read_text()
+    assert "in 2 fresh processes" in table and "| switch-1 |" in table
+    # The switch row gives each process's ratio, in the order they ran
+    each = ", ".join(format(r["results"]["switch"]["of_dense"], ".2f") for r in runs)
+    assert any(line.startswith("| switch |") and f"| {each} |" in line for line in table.splitlines())
+
+
 @pytest.mark.slow
 def test_bench_parallel_measures_every_layout(tmp_path):
     out = tmp_path / "parallel.json"
