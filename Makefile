@@ -42,13 +42,14 @@ site: setup-docs
 # The home page, the model pages and the experiment's must be fully translated (see
 # translations/README.md); the other pages are shown in English until they are.
 TRANSLATED := docs/index.md labml_nn_switch/__init__.py labml_nn_switch/mha.py \
-	labml_nn_switch/feed_forward.py labml_nn_switch/switch.py labml_nn_switch/expert_rows.py \
+	labml_nn_switch/feed_forward.py labml_nn_switch/switch.py labml_nn_switch/routing_result.py \
+	labml_nn_switch/expert_rows.py \
 	labml_nn_switch/transformer.py \
 	labml_nn_switch/experiment.py labml_nn_switch/configs.py labml_nn_switch/trainer.py labml_nn_switch/cli.py
 translations: setup-docs
 	$(PY) -m mkdocs_literate.translate status
 	$(PY) -m mkdocs_literate.translate status --strict $(TRANSLATED) > /dev/null
-	$(PY) -m mkdocs_literate.translate status --lang ja --strict labml_nn_switch/switch.py
+	$(PY) -m mkdocs_literate.translate status --lang ja --strict labml_nn_switch/switch.py labml_nn_switch/routing_result.py
 
 # The app's browser test needs its npm packages: installed where npm is (CI has it), else the test skips
 test: setup

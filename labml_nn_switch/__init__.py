@@ -13,7 +13,8 @@ text of this site, and an experiment. Read the modules in this order:
 
 1. [Multi-head attention](mha.py)
 2. [The feed-forward network, the expert](feed_forward.py)
-3. [The Switch layer: routing, capacity, losses, dispatch](switch.py), and
+3. [The Switch layer: routing, capacity, dispatch](switch.py),
+   [its losses and statistics](routing_result.py), and
    [its experts on the CPU](expert_rows.py)
 4. [Transformer layers and the dense baseline](transformer.py)
 5. [The Tiny Shakespeare experiment](experiment.py): its [settings](configs.py),
@@ -38,8 +39,8 @@ loss = task_loss + 1e-2 * routing.load_balancing_loss
 # The public API, re-exported from the modules that define it.
 from .feed_forward import Experts, FeedForward
 from .mha import MultiHeadAttention, subsequent_mask
-from .switch import (DispatchPlan, Router, RoutingResult, SwitchConfig, SwitchFeedForward, load_balancing_loss,
-                     plan_dispatch, router_z_loss)
+from .routing_result import RoutingResult, load_balancing_loss, router_z_loss
+from .switch import DispatchPlan, Router, SwitchConfig, SwitchFeedForward, plan_dispatch
 from .transformer import SwitchTransformer, SwitchTransformerLayer, TransformerRouting, build_transformer
 
 __all__ = [

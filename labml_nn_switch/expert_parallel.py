@@ -167,7 +167,8 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from .feed_forward import Experts
 from .process_group import check_same_on_all_ranks, require_process_group
-from .switch import DispatchPlan, Router, RoutingResult, SwitchConfig, SwitchFeedForward, plan_dispatch, switch_config
+from .routing_result import RoutingResult
+from .switch import DispatchPlan, Router, SwitchConfig, SwitchFeedForward, plan_dispatch, switch_config
 from .watchdog import watch
 
 

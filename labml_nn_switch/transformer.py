@@ -45,7 +45,8 @@ from torch import nn
 
 from .feed_forward import FeedForward
 from .mha import MultiHeadAttention
-from .switch import RoutingResult, SwitchConfig, SwitchFeedForward, switch_config
+from .routing_result import RoutingResult
+from .switch import SwitchConfig, SwitchFeedForward, switch_config
 
 
 class SwitchTransformerLayer(nn.Module):

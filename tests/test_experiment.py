@@ -16,7 +16,8 @@ from labml_nn_switch import cli
 from labml_nn_switch import configs
 from labml_nn_switch import experiment as ex
 from labml_nn_switch.checkpoint import checkpoints_in, find_checkpoint, load_checkpoint
-from labml_nn_switch.switch import SwitchConfig, router_z_loss
+from labml_nn_switch.routing_result import router_z_loss
+from labml_nn_switch.switch import SwitchConfig
 from labml_nn_switch.transformer import build_transformer
 from shared_text import SHAKESPEARE, needs_text
 

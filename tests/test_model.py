@@ -170,9 +170,10 @@ def imported_modules(path: Path) -> set[str]:
     # The names bare: the fallback import of flat copies side by side
     ("expert_rows.py", {"torch", "math", ".feed_forward", "feed_forward"}),
     ("switch.py", {"torch", "dataclasses", "fractions", "functools", ".feed_forward", "feed_forward",
-                   ".expert_rows", "expert_rows"}),
+                   ".expert_rows", "expert_rows", ".routing_result", "routing_result"}),
+    ("routing_result.py", {"torch"}),
     ("mha.py", {"torch"}),
-    ("transformer.py", {"torch", "collections", "functools", ".feed_forward", ".mha", ".switch"}),
+    ("transformer.py", {"torch", "collections", "functools", ".feed_forward", ".mha", ".routing_result", ".switch"}),
 ])
 def test_model_files_import_only_torch_and_each_other(name, allowed):
     # Only torch, the standard library's math/dataclasses/collections/functools, and sibling model files

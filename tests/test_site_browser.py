@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 DESKTOP = {"width": 1400, "height": 900}
 PHONE = {"width": 390, "height": 844}
 MODEL_PAGES = ["", "labml_nn_switch/", "labml_nn_switch/mha/", "labml_nn_switch/feed_forward/",
-               "labml_nn_switch/switch/", "labml_nn_switch/expert_rows/", "labml_nn_switch/transformer/",
+               "labml_nn_switch/switch/", "labml_nn_switch/routing_result/", "labml_nn_switch/expert_rows/",
+               "labml_nn_switch/transformer/",
                "labml_nn_switch/experiment/", "labml_nn_switch/gradient_sync/"]
 
 

@@ -25,7 +25,8 @@ ZH = ROOT / "translations" / "zh"
 # The pages that must be fully translated: the home page, the model pages and the
 # experiment's (model and step, settings, training loop, command line).
 TRANSLATED = ["docs/index.md", "labml_nn_switch/__init__.py", "labml_nn_switch/mha.py",
-              "labml_nn_switch/feed_forward.py", "labml_nn_switch/switch.py", "labml_nn_switch/expert_rows.py",
+              "labml_nn_switch/feed_forward.py", "labml_nn_switch/switch.py", "labml_nn_switch/routing_result.py",
+              "labml_nn_switch/expert_rows.py",
               "labml_nn_switch/transformer.py", "labml_nn_switch/experiment.py",
               "labml_nn_switch/configs.py", "labml_nn_switch/trainer.py", "labml_nn_switch/cli.py"]
 
@@ -100,19 +101,21 @@ def test_zh_search_index_has_chinese_words():
     # Words are separated by zero-width spaces (jieba, at build time), and the
     # separator splits at them; glossary terms are single words.
     assert "\\u200b" in index["config"]["separator"]
-    text = " ".join(d["text"] for d in index["docs"] if d["location"].startswith("labml_nn_switch/switch/"))
+    # The Switch layer's two pages: the layer, and its losses and statistics
+    text = " ".join(d["text"] for d in index["docs"]
+                    if d["location"].startswith(("labml_nn_switch/switch/", "labml_nn_switch/routing_result/")))
     words = set(re.split("[\\s\u200b\u3000\\-、。，．？！；]+", text))
     assert {"专家", "路由器", "容量因子", "负载均衡损失"} <= words
 
 
-# ## Japanese: the Switch page
+# ## Japanese: the Switch layer's two pages
 
-def test_japanese_switch_page_is_translated_and_current():
+@pytest.mark.parametrize("source", ["labml_nn_switch/switch.py", "labml_nn_switch/routing_result.py"])
+def test_japanese_switch_pages_are_translated_and_current(source):
     out = io.StringIO()
-    code = main(["status", "--lang", "ja", "--strict", "--root", str(ROOT), "labml_nn_switch/switch.py"], out=out)
+    code = main(["status", "--lang", "ja", "--strict", "--root", str(ROOT), source], out=out)
     assert code == 0, out.getvalue()
-    for entry in Catalogue.load(ROOT / "translations" / "ja" / "labml_nn_switch" / "switch.py.yaml",
-                                "ja").entries.values():
+    for entry in Catalogue.load(ROOT / "translations" / "ja" / f"{source}.yaml", "ja").entries.values():
         assert not protected(entry.en) - protected(entry.text), entry.key
 
 
@@ -122,5 +125,7 @@ def test_japanese_site_has_the_switch_page_and_english_elsewhere():
     switch = (site / "labml_nn_switch" / "switch" / "index.html").read_text(encoding="utf-8")
     assert '<html lang="ja"' in switch and "エキスパート" in switch
     assert "literate-untranslated" not in switch
+    losses = (site / "labml_nn_switch" / "routing_result" / "index.html").read_text(encoding="utf-8")
+    assert "負荷分散損失" in losses and "literate-untranslated" not in losses
     mha = (site / "labml_nn_switch" / "mha" / "index.html").read_text(encoding="utf-8")
     assert "literate-untranslated-page" in mha and "このページはまだ翻訳されていません" in mha

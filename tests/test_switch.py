@@ -576,13 +576,13 @@ def test_expert_dropout_gradients_on_the_blocks_path(activation):
 
 
 def test_flat_copy_runs_with_only_torch(tmp_path):
-    # The README: "copy switch.py, feed_forward.py and expert_rows.py into your project"
+    # The README: "copy switch.py, feed_forward.py, expert_rows.py and routing_result.py into your project"
     import shutil
     import subprocess
     import sys
     from pathlib import Path
     package = Path(__file__).resolve().parents[1] / "labml_nn_switch"
-    for name in ("switch.py", "feed_forward.py", "expert_rows.py"):
+    for name in ("switch.py", "feed_forward.py", "expert_rows.py", "routing_result.py"):
         shutil.copy(package / name, tmp_path / name)
     code = f"""
 import importlib.abc, sys
