@@ -248,6 +248,7 @@ def plot(rows: list[dict], key: str, path: Path, device: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(6, 3.6))
     xs = [row[key] for row in rows]
     for name in rows[0]["candidates"]:
@@ -257,9 +258,17 @@ def plot(rows: list[dict], key: str, path: Path, device: str) -> None:
         ax.plot(xs, ys, marker="o", label=name)
         ax.fill_between(xs, lo, hi, alpha=0.15)
     ax.set_xscale("log", base=2)
+    ax.axhline(1.5, color="grey", linestyle=":", linewidth=1)
+    # Ratios on a log axis: a spread of 20 x for a slow anchor leaves ours readable
+    ax.set_yscale("log", base=2)
+    low, high = ax.get_ylim()
+    # Ticks at the ratios people read: powers of two and the 1.5 target, and quarters on a narrow axis
+    ticks = (0.25, 0.5, 1, 1.5, 2, 4, 8, 16, 32) if high / low > 6 else (0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4)
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([t for t in ticks if low <= t <= high]))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel({"n_experts": "experts (8192 tokens)", "tokens": "tokens (8 experts)"}[key])
     ax.set_ylabel("time / dense FFN")
-    ax.axhline(1.5, color="grey", linestyle=":", linewidth=1)
     ax.set_title(f"forward+backward, d_model 256, d_ff 1024, float32\n{device}", fontsize=10)
     ax.legend()
     fig.tight_layout()
