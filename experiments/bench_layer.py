@@ -243,6 +243,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ratio_ticks(low: float, high: float) -> list[float]:
+    """The ratios to label on a log axis from `low` to `high`: powers of two and the 1.5 target, quarters when narrow."""
+    ticks = (0.25, 0.5, 1, 1.5, 2, 4, 8, 16, 32) if high / low > 6 else (0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4)
+    return [t for t in ticks if low <= t <= high]
+
+
 def plot(rows: list[dict], key: str, path: Path, device: str) -> None:
     """Ratio to dense against the swept quantity, one line per candidate, titled with the `device` (needs the `plots` extra)."""
     import matplotlib
@@ -261,10 +267,7 @@ def plot(rows: list[dict], key: str, path: Path, device: str) -> None:
     ax.axhline(1.5, color="grey", linestyle=":", linewidth=1)
     # Ratios on a log axis: a spread of 20 x for a slow anchor leaves ours readable
     ax.set_yscale("log", base=2)
-    low, high = ax.get_ylim()
-    # Ticks at the ratios people read: powers of two and the 1.5 target, and quarters on a narrow axis
-    ticks = (0.25, 0.5, 1, 1.5, 2, 4, 8, 16, 32) if high / low > 6 else (0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4)
-    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([t for t in ticks if low <= t <= high]))
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ratio_ticks(*ax.get_ylim())))
     ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel({"n_experts": "experts (8192 tokens)", "tokens": "tokens (8 experts)"}[key])

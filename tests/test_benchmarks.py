@@ -144,3 +144,16 @@ def test_switch_vs_dense_keeps_finished_runs_and_reports_paired_intervals(tmp_pa
     run("switch_vs_dense.py", *args)
     again = json.loads((tmp_path / "tiny.json").read_text())
     assert again["summary"]["switch-2"] == switch
+
+
+def test_sweep_plots_label_readable_ratios(tmp_path):
+    sys.path.insert(0, str(EXPERIMENTS))
+    from bench_layer import plot, ratio_ticks
+    # A narrow axis gets quarters; a wide one (a slow anchor's spread) powers of two and the 1.5 target
+    assert ratio_ticks(0.8, 1.6) == [1, 1.25, 1.5]
+    assert ratio_ticks(0.4, 22.0) == [0.5, 1, 1.5, 2, 4, 8, 16]
+    rows = [{"n_experts": n, "candidates": {name: {"ratio_to_dense": r * n ** 0.2, "ratio_min": r, "ratio_max": r * n}
+                                            for name, r in (("ours", 1.0), ("seed", 1.2))}} for n in (1, 4, 16)]
+    pytest.importorskip("matplotlib")
+    plot(rows, "n_experts", tmp_path / "sweep.png", "some CPU")
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
