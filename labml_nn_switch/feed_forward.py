@@ -164,6 +164,12 @@ def check_sizes(*, d_model: int, d_ff: int, dropout: float, activation: str, ini
     check_activation(activation)
 
 
+def check_features(x: torch.Tensor, d_model: int) -> None:
+    """Raise a `ValueError` unless the last dimension of the input `x` has `d_model` features."""
+    if x.shape[-1] != d_model:
+        raise ValueError(f"x has {x.shape[-1]} features in its last dimension but d_model={d_model}")
+
+
 def grouped_mm_supported(x: torch.Tensor, *widths: int) -> bool:
     r"""
     Whether `torch.nn.functional.grouped_mm` (torch 2.8 and later) can multiply
@@ -233,8 +239,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x` has shape `[..., d_model]`; so has the result."""
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"x has {x.shape[-1]} features in its last dimension but d_model={self.d_model}")
+        check_features(x, self.d_model)
         # $\mathrm{act}(W_1 x + b_1)$, shape `[..., d_ff]`
         h = activate(self.layer1(x), self.activation)
         # Dropout on the hidden layer

@@ -61,11 +61,13 @@ from torch import nn
 
 try:
     from .expert_rows import forward_rows
-    from .feed_forward import Experts, check_float, check_int, check_sizes, grouped_mm_supported, truncated_normal_
+    from .feed_forward import (Experts, check_features, check_float, check_int, check_sizes, grouped_mm_supported,
+                               truncated_normal_)
     from .routing_result import RoutingResult
 except ImportError:  # copied into a project as plain files, side by side
     from expert_rows import forward_rows
-    from feed_forward import Experts, check_float, check_int, check_sizes, grouped_mm_supported, truncated_normal_
+    from feed_forward import (Experts, check_features, check_float, check_int, check_sizes, grouped_mm_supported,
+                              truncated_normal_)
     from routing_result import RoutingResult
 
 
@@ -379,8 +381,7 @@ class SwitchFeedForward(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor (float32, bfloat16, ...), got dtype {x.dtype}")
         d_model = self.config.d_model
-        if x.shape[-1] != d_model:
-            raise ValueError(f"x has {x.shape[-1]} features in its last dimension but d_model={d_model}")
+        check_features(x, d_model)
         shape = x.shape
         # Routing treats every token alike: flatten to `[n_tokens, d_model]`
         x = x.reshape(-1, d_model)
