@@ -18,10 +18,10 @@ the routing is the model's own (uneven, tokens dropped at capacity factor 1.2) a
 biases, as the preset has; `bench_layer.py` times random, nearly balanced inputs without biases.
 
 With `--processes N`, the whole measurement runs in N fresh processes, one after the other, and
-the table gives each process's median ratio and the median over them. A process keeps its own
-luck for as long as it lives: where its tensors land in memory, which threads share a core. On a
-shared 2-core machine the median of one process moved between 0.81 and 0.86 from one process
-to the next, with the same code, more than the paired ratios within one process can show.
+the table gives each process's median ratio and the median over them. Whatever stays fixed for a
+process's whole life (where its tensors land in memory, for one) is the same in all its rounds, so
+the paired ratios within one process cannot show it: on a shared 2-core machine one process's
+median moved between 0.81 and 0.86 from one process to the next, with the same code.
 
     python experiments/bench_train.py                  # writes experiments/results/bench_train.{json,md}
     python experiments/bench_train.py --layers         # and the layers alone, bench_train_layers.{json,md}

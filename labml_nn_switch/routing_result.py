@@ -12,7 +12,7 @@ summary: >
 Besides its output, a [Switch layer](switch.py) returns a `RoutingResult`: the
 router's logits and probabilities, the tokens each expert got, and, from
 these, the two auxiliary losses a training loop adds to its task loss and the
-statistics it logs. Nothing is computed until it is read.
+statistics it logs.
 
 It imports nothing but torch.
 """
